@@ -1,0 +1,167 @@
+"""Command line: argument parsing, dispatch, and the exit-status / error-line contract."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from .providers import PROVIDERS, TrafficError, describe_error
+from .workloads import RUNNERS, base_record, emit
+
+EXIT_OK = 0
+EXIT_NET_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _number(kind: Callable[[str], Any], *, minimum: float, strict: bool) -> Callable[[str], Any]:
+    """argparse type: a number >= minimum (> minimum if strict), so bad values exit 2 early."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a valid {kind.__name__}: {text!r}") from None
+        if value < minimum or (strict and value == minimum):
+            op = ">" if strict else ">="
+            raise argparse.ArgumentTypeError(f"must be {op} {minimum:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+_POS_INT = _number(int, minimum=1, strict=False)
+_NONNEG_INT = _number(int, minimum=0, strict=False)
+_POS_FLOAT = _number(float, minimum=0, strict=True)
+_NONNEG_FLOAT = _number(float, minimum=0, strict=False)
+
+
+def _port(text: str) -> int:
+    value = _NONNEG_INT(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {value}")
+    return value
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--path",
+        choices=sorted(PROVIDERS),
+        default="kernel",
+        help="network stack under test (default: kernel)",
+    )
+    common.add_argument(
+        "--port",
+        type=_port,
+        default=5001,
+        help="TCP port (servers: 0 = pick a free one; default 5001)",
+    )
+    common.add_argument(
+        "--timeout",
+        type=_POS_FLOAT,
+        default=30.0,
+        help="idle timeout in s for any blocking socket op (default 30)",
+    )
+    common.add_argument("--label", default="", help="free text echoed into the JSON result")
+    return common
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--peer", required=True, help="server address")
+    parser.add_argument(
+        "--connect-timeout",
+        type=_NONNEG_FLOAT,
+        default=15.0,
+        help="keep retrying a refused connect this long in s (default 15)",
+    )
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", default="0.0.0.0", help="listen address (default 0.0.0.0)")
+
+
+def _stream_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--msg-size", type=_POS_INT, default=65536, help="bytes per write/read (default 65536)"
+    )
+    parser.add_argument(
+        "--no-hash",
+        action="store_true",
+        help="skip sha256 (sha256 is then null) for CPU-bound runs",
+    )
+
+
+def _rr_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--req-size", type=_POS_INT, default=64, help="request bytes (64)")
+    parser.add_argument("--resp-size", type=_POS_INT, default=64, help="response bytes (64)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m guest.traffic",
+        description="stackbed traffic generator; prints one JSON result line on stdout.",
+    )
+    sub = parser.add_subparsers(dest="role", required=True, metavar="SUBCOMMAND")
+    common = _common_options()
+
+    sink = sub.add_parser("sink", parents=[common], help="receive one stream, report sha256")
+    _server_options(sink)
+    _stream_options(sink)
+
+    source = sub.add_parser("source", parents=[common], help="send the seeded pattern stream")
+    _client_options(source)
+    _stream_options(source)
+    source.add_argument("--seed", type=int, default=1, help="pattern seed (default 1)")
+    amount = source.add_mutually_exclusive_group()
+    amount.add_argument("--bytes", type=_NONNEG_INT, help="send exactly this many bytes")
+    amount.add_argument("--duration", type=_POS_FLOAT, help="send for this many s (default 10)")
+
+    server = sub.add_parser("rr-server", parents=[common], help="answer request/response pings")
+    _server_options(server)
+    _rr_options(server)
+
+    client = sub.add_parser("rr-client", parents=[common], help="measure transaction latency")
+    _client_options(client)
+    _rr_options(client)
+    amount = client.add_mutually_exclusive_group()
+    amount.add_argument("--count", type=_POS_INT, help="do this many transactions")
+    amount.add_argument("--duration", type=_POS_FLOAT, help="run this many s (default 5)")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.role == "source" and args.bytes is None and args.duration is None:
+        args.duration = 10.0
+    if args.role == "rr-client" and args.count is None and args.duration is None:
+        args.duration = 5.0
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        provider = PROVIDERS[args.path]()
+        emit(RUNNERS[args.role](args, provider))
+        return EXIT_OK
+    except TrafficError as exc:
+        return _fail(args, str(exc), EXIT_NET_ERROR)
+    except OSError as exc:  # anything not caught by a phase wrapper is still a network failure
+        return _fail(args, describe_error(exc), EXIT_NET_ERROR)
+    except KeyboardInterrupt:
+        return _fail(args, "interrupted", EXIT_INTERRUPTED)
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    record = base_record(args)
+    record["error"] = message
+    emit(record)
+    return code
+
+
+def run() -> NoReturn:
+    """Process entry point used by ``python3 -m guest.traffic``."""
+    sys.exit(main())

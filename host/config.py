@@ -1,0 +1,696 @@
+"""Lab configuration: load, validate and resolve a lab YAML file.
+
+A lab file describes the VMs (nodes), the point-to-point links between them and the
+experiments to run. Everything is checked here, *before* any VM is defined, because a
+typo discovered after ten minutes of image building and booting is a wasted run.
+
+Every problem is reported as ``file:line: field.path: message`` so the user can jump
+straight to it, and all problems are collected into one :class:`ConfigError` rather than
+stopping at the first, so one edit-run cycle fixes them all.
+
+How line numbers are found: the document is *composed* (parsed to nodes that carry source
+marks), a map from field path (keys and list indices) to line is built from the node tree,
+then the plain data is constructed and validated with pydantic. Each pydantic error ``loc``
+is mapped to the line of the deepest path present in the map. Checks that relate several
+parts of the file (names referring to nodes, overlapping subnets, ...) run afterwards in
+:func:`_cross_reference_problems`, which returns explicit field paths so those errors point
+at the offending entry too, not at the top of the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+__all__ = [
+    "ALLOWED_PATHS",
+    "BENCH_RANGE",
+    "MANAGEMENT_SUBNET",
+    "ConfigError",
+    "ConfigProblem",
+    "DefaultsConfig",
+    "ExperimentConfig",
+    "LabConfig",
+    "LinkConfig",
+    "NodeConfig",
+    "load_lab",
+    "parse_lab",
+]
+
+#: Network stacks an experiment may exercise. Later stages add "mono" and "factored";
+#: extending this tuple is all the config layer needs.
+ALLOWED_PATHS: tuple[str, ...] = ("kernel",)
+
+#: RFC 2544 benchmarking range. Link addresses must stay inside it so that a mistyped
+#: config can never make the testbed send traffic to a real network.
+BENCH_RANGE = IPv4Network("198.18.0.0/15")
+
+#: Reserved for the guests' management NIC (set up by the orchestrator, not by links).
+MANAGEMENT_SUBNET = IPv4Network("198.19.255.0/24")
+
+#: Prefix lengths that keep a link subnet inside BENCH_RANGE and leave room for two hosts
+#: plus network and broadcast addresses.
+MIN_PREFIX, MAX_PREFIX = BENCH_RANGE.prefixlen, 30
+
+#: Default link addressing uses 198.18.{i+1}.0/24, so at most 254 links fit.
+MAX_LINKS = 254
+#: Each lab slot reserves 128 SSH ports on 127.0.0.1 below the kernel's ephemeral range.
+MAX_NODES = 120
+
+ExperimentType = Literal["stream", "rr", "iperf3", "ping"]
+
+#: Which type-specific knobs make sense for which experiment type. Giving e.g. msg_size
+#: to an rr experiment is almost certainly a copy-paste slip, so it is an error.
+_TYPE_FIELDS: dict[str, tuple[str, ...]] = {
+    "msg_size": ("stream",),
+    "req_size": ("rr",),
+    "resp_size": ("rr",),
+}
+_TYPE_DEFAULTS: dict[str, int] = {"msg_size": 65536, "req_size": 64, "resp_size": 64}
+
+Loc = tuple[str | int, ...]
+
+
+# --------------------------------------------------------------------------- problems
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a lab file, located precisely enough for an editor to jump to.
+
+    ``line`` is 1-based (None when the file could not be read at all); ``column`` is only
+    set for YAML syntax errors, where the parser knows it; ``field`` is a path such as
+    ``nodes[1].vcpus`` or empty for problems with the file as a whole.
+    """
+
+    file: str
+    line: int | None
+    field: str
+    message: str
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
+
+
+class ConfigError(Exception):
+    """Raised by :func:`load_lab` with every problem found, one per line in ``str()``."""
+
+    def __init__(self, errors: list[ConfigProblem]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(problem) for problem in errors))
+
+
+# --------------------------------------------------------------------------- field types
+
+
+def _matches(regex: str, rule: str) -> Callable[[str], str]:
+    """Build a validator with a readable message; pydantic's default just dumps the regex."""
+    compiled = re.compile(regex)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid name: {rule}")
+        return value
+
+    return check
+
+
+def _reject_bool(value: Any) -> Any:
+    """YAML turns yes/no/on/off into booleans, and pydantic would then accept them as 1/0."""
+    if isinstance(value, bool):
+        raise ValueError(
+            f"Input should be a number, not the boolean {str(value).lower()} "
+            "(YAML reads yes/no/on/off/true/false as booleans)"
+        )
+    return value
+
+
+def _check_bench_address(value: IPv4Interface) -> IPv4Interface:
+    """Enforce the addressing rules that concern a single address (see BENCH_RANGE)."""
+    subnet = value.network
+    if value.ip not in BENCH_RANGE:
+        raise ValueError(
+            f"{value} is outside the benchmarking range {BENCH_RANGE}; "
+            "stackbed only ever uses RFC 2544 addresses"
+        )
+    if not MIN_PREFIX <= value.network.prefixlen <= MAX_PREFIX:
+        raise ValueError(
+            f"{value}: prefix length /{subnet.prefixlen} not allowed; use /{MIN_PREFIX}../"
+            f"{MAX_PREFIX} so the subnet stays inside {BENCH_RANGE}"
+        )
+    if subnet.overlaps(MANAGEMENT_SUBNET):
+        raise ValueError(
+            f"{value}: subnet {subnet} overlaps the reserved management subnet "
+            f"{MANAGEMENT_SUBNET}, which the guests' management NIC uses"
+        )
+    if value.ip in (subnet.network_address, subnet.broadcast_address):
+        kind = "network" if value.ip == subnet.network_address else "broadcast"
+        raise ValueError(f"{value} is the {kind} address of {subnet}; pick a host address")
+    return value
+
+
+def _require_cidr_string(value: Any) -> Any:
+    """Demand 'a.b.c.d/len': a bare address would silently become a /32."""
+    if isinstance(value, str) and "/" not in value:
+        raise ValueError(f"{value!r} has no prefix length; write it as e.g. {value}/24")
+    if not isinstance(value, str | IPv4Interface):
+        raise ValueError("address should be a string like 198.18.1.1/24")
+    return value
+
+
+LabName = Annotated[
+    str, AfterValidator(_matches(r"[a-z][a-z0-9-]{0,23}", "1-24 of a-z 0-9 -, starting a-z"))
+]
+NodeName = Annotated[
+    str, AfterValidator(_matches(r"[a-z][a-z0-9-]{0,15}", "1-16 of a-z 0-9 -, starting a-z"))
+]
+LinkName = Annotated[
+    str, AfterValidator(_matches(r"[a-z][a-z0-9-]{0,32}", "1-33 of a-z 0-9 -, starting a-z"))
+]
+ExperimentName = Annotated[
+    str,
+    AfterValidator(
+        _matches(r"[a-z0-9][a-z0-9._-]{0,47}", "1-48 of a-z 0-9 . _ -, starting a-z or 0-9")
+    ),
+]
+BenchAddress = Annotated[
+    IPv4Interface, BeforeValidator(_require_cidr_string), AfterValidator(_check_bench_address)
+]
+AddressPair = Annotated[list[BenchAddress], Field(min_length=2, max_length=2)]
+EndpointPair = Annotated[list[NodeName], Field(min_length=2, max_length=2)]
+
+
+_NO_BOOL = BeforeValidator(_reject_bool)
+Vcpus = Annotated[int, _NO_BOOL, Field(ge=1, le=8)]
+MemoryMib = Annotated[int, _NO_BOOL, Field(ge=256, le=16384)]
+Mtu = Annotated[int, _NO_BOOL, Field(ge=68, le=9216)]
+MsgSize = Annotated[int, _NO_BOOL, Field(ge=1, le=1048576)]
+RrSize = Annotated[int, _NO_BOOL, Field(ge=1, le=65536)]
+Repeat = Annotated[int, _NO_BOOL, Field(ge=1, le=100)]
+DurationS = Annotated[float, _NO_BOOL, Field(gt=0, le=3600)]
+
+
+class _Strict(BaseModel):
+    """Base for all sections: unknown keys are errors, since they are usually typos."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- models
+
+
+class DefaultsConfig(_Strict):
+    """Values for nodes that do not set their own."""
+
+    vcpus: Vcpus = 1
+    memory_mib: MemoryMib = 512
+
+
+class NodeConfig(_Strict):
+    """One VM. ``vcpus``/``memory_mib`` are filled from ``defaults`` by LabConfig, so after
+    loading they are always ints."""
+
+    name: NodeName
+    vcpus: Vcpus | None = None
+    memory_mib: MemoryMib | None = None
+
+
+class LinkConfig(_Strict):
+    """A point-to-point link: one emulated NIC in each endpoint, joined on the host.
+
+    ``addresses[k]`` belongs to ``endpoints[k]``. After loading, ``name`` and ``addresses``
+    are always set (defaults are resolved by LabConfig).
+    """
+
+    name: LinkName | None = None
+    endpoints: EndpointPair
+    model: Literal["e1000", "e1000e", "virtio"] = "e1000"
+    mtu: Mtu = 1500
+    addresses: AddressPair | None = None
+
+    @field_validator("endpoints")
+    @classmethod
+    def _distinct_endpoints(cls, value: list[str]) -> list[str]:
+        if value[0] == value[1]:
+            raise ValueError(f"a link joins two different nodes; both endpoints are {value[0]!r}")
+        return value
+
+    @field_validator("addresses")
+    @classmethod
+    def _one_subnet(cls, value: list[IPv4Interface] | None) -> list[IPv4Interface] | None:
+        if value is None:
+            return value
+        first, second = value
+        if first.ip == second.ip:
+            raise ValueError(f"both endpoints have the same address {first.ip}")
+        if first.network != second.network:
+            raise ValueError(
+                f"addresses are in different subnets ({first.network} vs {second.network}); "
+                "both ends of a link must share one"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _default_name(self) -> LinkConfig:
+        if self.name is None:
+            self.name = f"{self.endpoints[0]}-{self.endpoints[1]}"
+        return self
+
+    @property
+    def subnet(self) -> IPv4Network:
+        """The link's subnet, as its addresses say."""
+        assert self.addresses is not None, "addresses are resolved by LabConfig"
+        return self.addresses[0].network
+
+    def joins(self, a: str, b: str) -> bool:
+        """True if this link connects nodes a and b (in either order)."""
+        return {a, b} == set(self.endpoints) and a != b
+
+    def address_of(self, node: str) -> IPv4Interface:
+        """The interface address ``node`` has on this link."""
+        assert self.addresses is not None, "addresses are resolved by LabConfig"
+        return self.addresses[self.endpoints.index(node)]
+
+
+class ExperimentConfig(_Strict):
+    """One measurement. Type-specific sizes are None for types they do not apply to."""
+
+    name: ExperimentName
+    type: ExperimentType
+    path: str = "kernel"
+    client: NodeName
+    server: NodeName
+    link: LinkName | None = None
+    duration_s: DurationS = 10.0
+    msg_size: MsgSize | None = None
+    req_size: RrSize | None = None
+    resp_size: RrSize | None = None
+    repeat: Repeat = 1
+
+    @field_validator("path")
+    @classmethod
+    def _known_path(cls, value: str) -> str:
+        if value not in ALLOWED_PATHS:
+            raise ValueError(f"path {value!r} is not allowed; allowed: {', '.join(ALLOWED_PATHS)}")
+        return value
+
+    @field_validator("server")
+    @classmethod
+    def _server_is_not_client(cls, value: str, info: ValidationInfo) -> str:
+        if value == info.data.get("client"):
+            raise ValueError(f"client and server must be different nodes; both are {value!r}")
+        return value
+
+    @field_validator("msg_size", "req_size", "resp_size")
+    @classmethod
+    def _applies_to_type(cls, value: int | None, info: ValidationInfo) -> int | None:
+        kind = info.data.get("type")
+        field = info.field_name or ""
+        if value is not None and kind is not None and kind not in _TYPE_FIELDS[field]:
+            wanted = " or ".join(_TYPE_FIELDS[field])
+            raise ValueError(f"{field} only applies to {wanted} experiments, not {kind}")
+        return value
+
+    @model_validator(mode="after")
+    def _type_defaults(self) -> ExperimentConfig:
+        for field, types in _TYPE_FIELDS.items():
+            if self.type in types and getattr(self, field) is None:
+                setattr(self, field, _TYPE_DEFAULTS[field])
+        return self
+
+
+def _none_as_empty(value: Any) -> Any:
+    """``links:`` with every entry commented out parses as null; treat it as no entries."""
+    return [] if value is None else value
+
+
+class LabConfig(_Strict):
+    """A whole lab, with every default resolved.
+
+    Build it with :func:`load_lab`; validating a dict directly skips the cross-reference
+    checks (missing nodes, overlapping subnets, ...), which need the source line map.
+    """
+
+    lab: LabName
+    image: LabName = "default"
+    description: str | None = None
+    defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
+    nodes: Annotated[list[NodeConfig], Field(min_length=1, max_length=MAX_NODES)]
+    links: Annotated[
+        list[LinkConfig], BeforeValidator(_none_as_empty), Field(max_length=MAX_LINKS)
+    ] = Field(default_factory=list)
+    experiments: Annotated[list[ExperimentConfig], BeforeValidator(_none_as_empty)] = Field(
+        default_factory=list
+    )
+
+    _source_path: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _resolve_defaults(self) -> LabConfig:
+        for node in self.nodes:
+            node.vcpus = self.defaults.vcpus if node.vcpus is None else node.vcpus
+            if node.memory_mib is None:
+                node.memory_mib = self.defaults.memory_mib
+        for index, link in enumerate(self.links):
+            if link.addresses is None:
+                link.addresses = [IPv4Interface(f"198.18.{index + 1}.{k}/24") for k in (1, 2)]
+        for experiment in self.experiments:
+            if experiment.link is None:
+                joining = self.link_between(experiment.client, experiment.server)
+                experiment.link = joining.name if joining else None
+        return self
+
+    @property
+    def source_path(self) -> str | None:
+        """The file this config was loaded from, as the caller spelled it."""
+        return self._source_path
+
+    def node(self, name: str) -> NodeConfig:
+        """The node called ``name``; KeyError if there is none."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"lab {self.lab!r} has no node {name!r}")
+
+    def link(self, name: str) -> LinkConfig:
+        """The link called ``name``; KeyError if there is none."""
+        for link in self.links:
+            if link.name == name:
+                return link
+        raise KeyError(f"lab {self.lab!r} has no link {name!r}")
+
+    def link_between(self, a: str, b: str) -> LinkConfig | None:
+        """The first link joining a and b (either order), or None."""
+        return next((link for link in self.links if link.joins(a, b)), None)
+
+    def experiment(self, name: str) -> ExperimentConfig:
+        """The experiment called ``name``; KeyError if there is none."""
+        for experiment in self.experiments:
+            if experiment.name == name:
+                return experiment
+        raise KeyError(f"lab {self.lab!r} has no experiment {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable resolved config, recorded next to every result."""
+        return {"source_path": self.source_path, **self.model_dump(mode="json")}
+
+
+# --------------------------------------------------------------------------- cross checks
+
+
+def _duplicates(names: list[str]) -> Iterator[tuple[int, int]]:
+    """Yield (index, index of first occurrence) for every repeated name."""
+    first: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in first:
+            yield index, first[name]
+        else:
+            first[name] = index
+
+
+def _node_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
+    for index, first in _duplicates([node.name for node in lab.nodes]):
+        yield (
+            ("nodes", index, "name"),
+            f"duplicate node name {lab.nodes[index].name!r} (also nodes[{first}])",
+        )
+
+
+def _link_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
+    known = {node.name for node in lab.nodes}
+    names = [str(link.name) for link in lab.links]
+    for index, first in _duplicates(names):
+        yield (
+            ("links", index, "name"),
+            f"duplicate link name {names[index]!r} (also links[{first}])",
+        )
+    for index, link in enumerate(lab.links):
+        for end, node in enumerate(link.endpoints):
+            if node not in known:
+                yield ("links", index, "endpoints", end), f"no node named {node!r}"
+    for index, link in enumerate(lab.links):
+        for other in range(index):
+            if link.subnet.overlaps(lab.links[other].subnet):
+                yield (
+                    ("links", index, "addresses"),
+                    f"subnet {link.subnet} overlaps links[{other}] {names[other]!r} "
+                    f"({lab.links[other].subnet})",
+                )
+                break
+
+
+def _experiment_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
+    known = {node.name for node in lab.nodes}
+    links = {link.name: link for link in lab.links}
+    names = [experiment.name for experiment in lab.experiments]
+    for index, first in _duplicates(names):
+        yield (
+            ("experiments", index, "name"),
+            f"duplicate experiment name {names[index]!r} (also experiments[{first}])",
+        )
+    for index, exp in enumerate(lab.experiments):
+        here: Loc = ("experiments", index)
+        missing = [role for role in ("client", "server") if getattr(exp, role) not in known]
+        for role in missing:
+            yield (*here, role), f"no node named {getattr(exp, role)!r}"
+        if missing:
+            continue
+        if exp.link is None:
+            yield (
+                (*here, "server"),
+                f"no link joins client {exp.client!r} and server {exp.server!r}; add one to links",
+            )
+        elif exp.link not in links:
+            yield (*here, "link"), f"no link named {exp.link!r}"
+        elif not links[exp.link].joins(exp.client, exp.server):
+            ends = links[exp.link].endpoints
+            yield (
+                (*here, "link"),
+                f"link {exp.link!r} joins {ends[0]!r} and {ends[1]!r}, "
+                f"not client {exp.client!r} and server {exp.server!r}",
+            )
+
+
+def _cross_reference_problems(lab: LabConfig) -> list[tuple[Loc, str]]:
+    """Checks spanning several entries, each returned with the path of the culprit.
+
+    Only run on a schema-valid lab: against a half-valid one they cascade (a node whose
+    name failed validation would make every link to it "missing").
+    """
+    return [*_node_problems(lab), *_link_problems(lab), *_experiment_problems(lab)]
+
+
+# --------------------------------------------------------------------------- YAML + lines
+
+
+class _LineMap:
+    """Walk a composed YAML node tree, recording the line of every field path and
+    reporting duplicate mapping keys (which PyYAML would otherwise silently overwrite)."""
+
+    def __init__(self) -> None:
+        self.lines: dict[Loc, int] = {}
+        self.duplicates: list[tuple[Loc, int, str]] = []
+        self._keys = SafeConstructor()
+        self._active: set[int] = set()
+
+    def walk(self, node: Node, path: Loc, line: int) -> None:
+        self.lines[path] = line
+        if id(node) in self._active:  # recursive alias: stop rather than loop forever
+            return
+        self._active.add(id(node))
+        if isinstance(node, MappingNode):
+            self._walk_mapping(node, path)
+        elif isinstance(node, SequenceNode):
+            for index, item in enumerate(node.value):
+                self.walk(item, (*path, index), item.start_mark.line + 1)
+        self._active.discard(id(node))
+
+    def _walk_mapping(self, node: MappingNode, path: Loc) -> None:
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # merged keys are legitimately overridden; no line of their own
+            key = self._key(key_node)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                self.duplicates.append(
+                    ((*path, key), line, f"duplicate key {key!r} (first at line {seen[key]})")
+                )
+            seen.setdefault(key, line)
+            # PyYAML keeps the last value, so validation errors must point at the last one.
+            self.walk(value_node, (*path, key), line)
+
+    def _key(self, node: Node) -> Any:
+        """A hashable identity for a key node; '1' and 1 are different keys in YAML."""
+        if isinstance(node, ScalarNode):
+            value = self._keys.construct_object(node)
+            return value if isinstance(value, str | int) else f"{value}"
+        return f"<{node.id} at line {node.start_mark.line + 1}>"
+
+
+def _yaml_problem(file: str, exc: yaml.YAMLError) -> ConfigProblem:
+    """Turn a PyYAML exception into a file:line:col problem."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return ConfigProblem(file, None, "", f"YAML error: {exc}")
+    label = (
+        "YAML error" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error"
+    )
+    message = f"{label}: {exc.problem}"
+    if exc.context:
+        at = f", line {exc.context_mark.line + 1}" if exc.context_mark else ""
+        message += f" ({exc.context}{at})"
+    mark = exc.problem_mark
+    return ConfigProblem(file, mark.line + 1, "", message, column=mark.column + 1)
+
+
+def _compose(file: str, text: str) -> tuple[Any, _LineMap]:
+    """Parse to data plus line map; raise ConfigError if there is no usable mapping."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        file, 1, "", "file is empty; a lab needs at least 'lab' and 'nodes'"
+                    )
+                ]
+            )
+        if not isinstance(root, MappingNode):
+            kind = "a list" if isinstance(root, SequenceNode) else f"the scalar {root.value!r}"
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        file,
+                        root.start_mark.line + 1,
+                        "",
+                        f"the top level must be a mapping (lab:, nodes:, ...), not {kind}",
+                    )
+                ]
+            )
+        lines = _LineMap()
+        lines.walk(root, (), root.start_mark.line + 1)
+        return loader.construct_document(root), lines
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_problem(file, exc)]) from exc
+    finally:
+        loader.dispose()
+
+
+def _format_loc(loc: Loc) -> str:
+    """('nodes', 1, 'vcpus') -> 'nodes[1].vcpus'."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _line_for(loc: Loc, lines: dict[Loc, int]) -> int:
+    """The line of the deepest prefix of ``loc`` present in the file (missing fields and
+    defaulted values have no line of their own, so they point at their parent)."""
+    for depth in range(len(loc), -1, -1):
+        if loc[:depth] in lines:
+            return lines[loc[:depth]]
+    return 1
+
+
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "defaults": DefaultsConfig,
+    "nodes": NodeConfig,
+    "links": LinkConfig,
+    "experiments": ExperimentConfig,
+}
+
+
+def _unknown_field_message(loc: Loc) -> str:
+    """Explain an unknown key by listing what is allowed there, with a spelling guess."""
+    model = LabConfig if len(loc) == 1 else _SECTION_MODELS.get(str(loc[0]), LabConfig)
+    allowed = list(model.model_fields)
+    message = f"unknown field {loc[-1]!r}"
+    guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    if guess:
+        message += f" (did you mean {guess[0]!r}?)"
+    return f"{message}; allowed: {', '.join(allowed)}"
+
+
+def _pydantic_message(error: Any) -> str:
+    """pydantic's message, made clearer where YAML habits commonly cause the error."""
+    if error["type"] == "extra_forbidden":
+        return _unknown_field_message(tuple(error["loc"]))
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "string_type" and isinstance(error.get("input"), bool):
+        message += " (YAML reads unquoted yes/no/on/off/true/false as booleans; quote it)"
+    return message
+
+
+def _problem(file: str, loc: Loc, message: str, lines: dict[Loc, int]) -> ConfigProblem:
+    return ConfigProblem(file, _line_for(loc, lines), _format_loc(loc), message)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def parse_lab(text: str, source: str = "<string>") -> LabConfig:
+    """Validate lab YAML given as text; ``source`` names it in messages."""
+    data, line_map = _compose(source, text)
+    lines = line_map.lines
+    problems = [
+        ConfigProblem(source, line, _format_loc(loc), msg) for loc, line, msg in line_map.duplicates
+    ]
+    try:
+        lab = LabConfig.model_validate(data)
+    except ValidationError as exc:
+        problems += [
+            _problem(source, tuple(err["loc"]), _pydantic_message(err), lines)
+            for err in exc.errors()
+        ]
+        raise ConfigError(_sorted(problems)) from None
+    problems += [_problem(source, loc, msg, lines) for loc, msg in _cross_reference_problems(lab)]
+    if problems:
+        raise ConfigError(_sorted(problems))
+    lab._source_path = source
+    return lab
+
+
+def _sorted(problems: list[ConfigProblem]) -> list[ConfigProblem]:
+    """File order, so the report reads top to bottom like the file."""
+    return sorted(problems, key=lambda p: (p.line or 0, p.column or 0, p.field))
+
+
+def load_lab(path: str | Path) -> LabConfig:
+    """Load and validate a lab file; raise ConfigError listing every problem found."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigProblem(file, None, "", f"cannot read lab file: {exc}")]) from exc
+    return parse_lab(text, file)

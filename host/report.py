@@ -1,0 +1,97 @@
+"""Results as a table (rich) and as plots (matplotlib), always from the saved JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def load(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _fmt(value, spec: str = ".0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def results_table(data: dict) -> Table:
+    meta = data["metadata"]
+    title = (f"stackbed · lab {meta['lab']} · {meta['accel'].upper()} · "
+             f"{meta['host']['qemu']} · guest kernel {meta['guest_kernel']}")
+    table = Table(title=title, title_justify="left")
+    for col, justify in (("experiment", "left"), ("type", "left"), ("path", "left"),
+                         ("Mbit/s", "right"), ("trans/s", "right"), ("p50 µs", "right"),
+                         ("p99 µs", "right"), ("client CPU", "right"), ("server CPU", "right"),
+                         ("host CPU", "right"), ("check", "left")):
+        table.add_column(col, justify=justify)
+    for rec in data["results"]:
+        s = rec["summary"] or {}
+        if rec["type"] == "ping":
+            p50, p99 = s.get("rtt_avg_us"), s.get("rtt_max_us")
+        else:
+            p50, p99 = s.get("p50_us"), s.get("p99_us")
+        if rec["errors"]:
+            check = f"[red]FAILED[/red] {rec['errors'][0][:60]}"
+        elif rec["type"] == "stream":
+            check = "[green]sha256 ok[/green]"
+        else:
+            check = "ok"
+        path = "kernel (iperf3)" if rec["type"] == "iperf3" else rec["path"]
+        table.add_row(rec["experiment"], rec["type"], path, _fmt(s.get("mbit_per_s"), ".1f"),
+                      _fmt(s.get("transactions_per_s")), _fmt(p50), _fmt(p99),
+                      _pct(s.get("client_cpu")), _pct(s.get("server_cpu")),
+                      _pct(s.get("host_cpu")), check)
+    boots = ", ".join(f"{k} {v:.1f} s" for k, v in meta["boot_seconds"].items() if v is not None)
+    table.caption = (f"image {meta['image']['name']}-{meta['image']['digest']} · boot to SSH: "
+                     f"{boots} · commit {(meta['git_commit'] or 'unknown')[:10]}"
+                     f"{' (dirty)' if meta['git_dirty'] else ''} · "
+                     f"p50/p99 for ping are avg/max RTT")
+    return table
+
+
+def print_results(data: dict, console: Console | None = None) -> None:
+    (console or Console()).print(results_table(data))
+
+
+def plot(paths: list[Path], out: Path) -> Path:
+    """Throughput and latency per experiment; several result files are overlaid as groups."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [load(p) for p in paths]
+    fig, (ax_tp, ax_lat) = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.8 / len(runs)
+    for i, data in enumerate(runs):
+        label = f"{data['metadata']['created']} ({data['metadata']['accel']})"
+        tp = [(r["experiment"], (r["summary"] or {}).get("mbit_per_s")) for r in data["results"]
+              if r["type"] in ("stream", "iperf3")]
+        lat = [(r["experiment"], (r["summary"] or {}).get("p50_us"),
+                (r["summary"] or {}).get("p99_us")) for r in data["results"] if r["type"] == "rr"]
+        ax_tp.bar([j + i * width for j in range(len(tp))], [v or 0 for _, v in tp], width,
+                  label=label)
+        ax_tp.set_xticks(range(len(tp)), [n for n, _ in tp], rotation=20)
+        xs = [j + i * width for j in range(len(lat))]
+        ax_lat.bar(xs, [p or 0 for _, p, _ in lat], width, label=f"p50 {label}")
+        ax_lat.scatter(xs, [q or 0 for _, _, q in lat], marker="_", s=200, color="k",
+                       label="p99" if i == 0 else None)
+        ax_lat.set_xticks(range(len(lat)), [n for n, _, _ in lat], rotation=20)
+    ax_tp.set_ylabel("Mbit/s")
+    ax_tp.set_title("Stream throughput")
+    ax_lat.set_ylabel("µs")
+    ax_lat.set_title("Request/response latency")
+    ax_tp.legend(fontsize=7)
+    ax_lat.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,0 +1,302 @@
+"""stackbed's command line: `invoke --list` shows every task, `invoke --help TASK` its options."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from invoke import Collection, Exit, task
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+console = Console(width=None if sys.stdout.isatty() else 160)
+DEFAULT_CONFIG = "configs/default.yaml"
+
+
+def _say(msg: str) -> None:
+    console.print(msg, highlight=False)
+
+
+def _load(config: str):
+    from host.config import ConfigError, load_lab
+
+    try:
+        return load_lab(config)
+    except ConfigError as e:
+        console.print(f"[red]invalid lab file[/red]\n{e}", highlight=False)
+        raise Exit(code=2) from None
+    except FileNotFoundError:
+        raise Exit(f"no such lab file: {config}", code=2) from None
+
+
+# --- doctor ---------------------------------------------------------------------------------
+
+
+@task(help={"fix": "start libvirt daemons and fix /dev/kvm permissions, then check",
+            "probe": "boot a guest under KVM now to decide the accelerator"})
+def doctor(c, fix=False, probe=False):
+    """Check every prerequisite and say how to fix what is missing."""
+    from host.daemons import ensure_daemons, fix_kvm_device
+    from host.doctor import run_checks
+
+    if fix:
+        started = ensure_daemons()
+        changed = fix_kvm_device()
+        _say(f"started: {', '.join(started) or 'nothing'}; /dev/kvm "
+             f"{'fixed' if changed else 'unchanged'}")
+    table = Table(title="stackbed doctor", title_justify="left")
+    for col in ("check", "status", "detail", "how to fix"):
+        table.add_column(col)
+    failed = False
+    for ch in run_checks(probe=probe):
+        status = "[green]ok[/green]" if ch.ok else (
+            "[red]MISSING[/red]" if ch.required else "[yellow]warn[/yellow]")
+        failed |= ch.required and not ch.ok
+        table.add_row(ch.name, status, ch.detail, "" if ch.ok else ch.fix)
+    console.print(table)
+    if failed:
+        raise Exit("some prerequisites are missing (see 'how to fix')", code=1)
+
+
+# --- image ----------------------------------------------------------------------------------
+
+
+@task(help={"name": "recipe under images/ (default: default)", "force": "rebuild even if cached"})
+def image_build(c, name="default", force=False):
+    """Build the guest image from its recipe (cached by a hash of the recipe)."""
+    from host.image import build_image, prune_cache
+
+    img = build_image(name, force=force, progress=_say)
+    for p in prune_cache(img):
+        _say(f"removed old build {p.name}")
+    m = img.manifest
+    _say(f"kernel {m['kernel_version']} ({m['kernel_boot_file']}), python {m['python_version']}, "
+         f"{len(m['packages'])} packages; manifest: {img.path / 'manifest.json'}")
+
+
+@task(help={"name": "recipe under images/"})
+def image_manifest(c, name="default"):
+    """Print the manifest (package versions) of the cached image."""
+    from host.image import cached_image
+
+    img = cached_image(name)
+    if img is None:
+        raise Exit(f"image {name} is not built: invoke image.build", code=1)
+    print(json.dumps(img.manifest, indent=2))
+
+
+# --- lab ------------------------------------------------------------------------------------
+
+
+def _state(name: str):
+    from host.lab import LabState
+
+    state = LabState.load(name)
+    if state is None or not state.owner_alive():
+        raise Exit(f"lab {name!r} is not running (invoke lab.up)", code=1)
+    return state
+
+
+@task(help={"config": f"lab file (default {DEFAULT_CONFIG})", "name": "lab name override",
+            "accel": "force kvm or tcg (default: probe)"})
+def lab_up(c, config=DEFAULT_CONFIG, name=None, accel=None):
+    """Start a lab that stays up until lab.down (owned by a background keeper process)."""
+    cfg = _load(config)
+    cmd = [sys.executable, "-m", "host.keeper", config]
+    cmd += ["--name", name] if name else []
+    cmd += ["--accel", accel] if accel else []
+    keeper = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    try:
+        for line in keeper.stdout:
+            line = line.rstrip("\n")
+            if line.startswith("READY "):
+                keeper.stdout.close()
+                _say(f"lab {name or cfg.lab} is up (keeper pid {keeper.pid}); "
+                     f"`invoke lab.status`, `invoke lab.ssh NODE`, `invoke lab.down`")
+                return
+            if line.startswith("FAILED "):
+                raise Exit(line[7:], code=1)
+            _say(line)
+        raise Exit(f"keeper exited with {keeper.wait()} before the lab was ready", code=1)
+    except KeyboardInterrupt:
+        from host.sweep import stop_owner
+
+        _say("interrupted: tearing the lab down")
+        stop_owner(keeper.pid)
+        raise Exit(code=130) from None
+
+
+@task(help={"name": "lab name (default: the config's)", "config": "lab file"})
+def lab_status(c, name=None, config=DEFAULT_CONFIG):
+    """Show a running lab: nodes, SSH ports, NICs and addresses, boot times."""
+    state = _state(name or _load(config).lab)
+    table = Table(title=f"lab {state.lab} · {state.accel.upper()} · slot {state.slot} · "
+                        f"owner pid {state.owner_pid} · up "
+                        f"{time.time() - state.created:.0f} s", title_justify="left")
+    for col in ("node", "domain", "ssh", "boot", "NICs", "console log"):
+        table.add_column(col)
+    for n in state.nodes:
+        nics = "\n".join(f"{x['name']} {x['address']} ({x['model']}, mtu {x['mtu']}, "
+                         f"link {x['link']})" for x in n.nics)
+        boot = f"{n.boot_seconds:.1f} s" if n.boot_seconds is not None else "-"
+        table.add_row(n.name, n.domain, f"127.0.0.1:{n.ssh_port}", boot, nics, n.console_log)
+    console.print(table)
+
+
+@task(help={"node": "node name", "name": "lab name", "config": "lab file",
+            "command": "run this command instead of an interactive shell"})
+def lab_ssh(c, node, name=None, config=DEFAULT_CONFIG, command=None):
+    """Open a shell (or run a command) on a node of a running lab."""
+    state = _state(name or _load(config).lab)
+    n = state.node(node)
+    args = ["ssh", "-i", state.key_path, "-p", str(n.ssh_port), "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1"]
+    if command:
+        args.append(command)
+    os.execvp("ssh", args)
+
+
+@task(help={"node": "node name", "name": "lab name", "config": "lab file",
+            "log": "print the console log instead of attaching"})
+def lab_console(c, node, name=None, config=DEFAULT_CONFIG, log=False):
+    """Attach to a node's serial console (Ctrl-] leaves), or print its log with --log."""
+    lab = name or _load(config).lab
+    from host.lab import LabState
+    from host.paths import console_log_dir
+
+    if log:
+        path = console_log_dir(lab) / f"{node}.console.log"
+        if not path.exists():
+            raise Exit(f"no console log {path}", code=1)
+        print(path.read_text(errors="replace"), end="")
+        return
+    state = _state(lab)
+    os.execvp("virsh", ["virsh", "-c", "qemu:///system", "console", state.node(node).domain])
+
+
+@task(help={"name": "lab name (default: the config's)", "config": "lab file"})
+def lab_down(c, name=None, config=DEFAULT_CONFIG):
+    """Stop a lab started with lab.up: destroy its domains, remove its files."""
+    from host.lab import LabState
+    from host.sweep import sweep
+
+    lab = name or _load(config).lab
+    state = LabState.load(lab)
+    if state is None:
+        _say(f"lab {lab} is not running")
+    report = sweep(lab=lab, force=True)
+    _say(f"lab {lab} down: {len(report.domains)} leftover domain(s) destroyed, owner(s) "
+         f"stopped: {report.owners_stopped or 'none'}")
+
+
+@task(help={"lab": "only this lab", "force": "also stop labs whose owner still runs"})
+def lab_sweep(c, lab=None, force=False):
+    """Find and remove anything any lab left behind (domains by tag, keepers, files)."""
+    from host.sweep import sweep
+
+    r = sweep(lab=lab, force=force)
+    _say(f"domains destroyed: {r.domains or 'none'}; owners stopped: {r.owners_stopped or 'none'}"
+         f"; run folders removed: {len(r.run_dirs)}")
+    if r.kept:
+        _say(f"still running (left alone; --force stops them): {', '.join(r.kept)}")
+
+
+# --- bench ----------------------------------------------------------------------------------
+
+
+@task(help={"config": f"lab file (default {DEFAULT_CONFIG})",
+            "only": "comma-separated experiment names", "accel": "force kvm or tcg",
+            "out": "results folder (default results/)", "plot": "also write a PNG plot"})
+def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False):
+    """Run a lab's experiments and print/save the results (JSON, table, optional plot).
+
+    Uses the lab if it is already up (lab.up); otherwise brings one up for the run and tears it
+    down afterwards, whatever happens.
+    """
+    from host.bench import metadata, run_experiments, save_results
+    from host.image import cached_image
+    from host.lab import Lab, LabState, terminate_on_sigterm
+    from host.report import load, plot as make_plot, print_results
+
+    cfg = _load(config)
+    if not cfg.experiments:
+        raise Exit(f"{config} defines no experiments", code=2)
+    names = only.split(",") if only else None
+    out_dir = Path(out) if out else None
+    running = LabState.load(cfg.lab)
+    terminate_on_sigterm()
+    if running is not None and running.owner_alive():
+        _say(f"using running lab {cfg.lab} (owner pid {running.owner_pid})")
+        guests = {n.name: running.guest(n.name) for n in running.nodes}
+        records = run_experiments(cfg, running, guests.__getitem__, names, progress=_say)
+        img = cached_image(cfg.image)
+        meta = metadata(cfg, running, img.manifest if img else {})
+        for g in guests.values():
+            g.close()
+    else:
+        with Lab(cfg, accel=accel, progress=_say) as lab:
+            state = lab.up()
+            records = run_experiments(cfg, state, lab.guest, names, progress=_say)
+            meta = metadata(cfg, state, lab.image.manifest)
+    path = save_results(meta, records, out_dir)
+    print_results(load(path), console)
+    _say(f"results: {path}")
+    if plot:
+        png = make_plot([path], path.with_suffix(".png"))
+        _say(f"plot: {png}")
+    if any(r["errors"] for r in records):
+        raise Exit("some experiments failed (see the table)", code=1)
+
+
+@task(help={"results": "result JSON files (default: results/latest.json)",
+            "out": "PNG to write"})
+def plot(c, results=None, out=None):
+    """Plot one or more result files (overlaid) to a PNG."""
+    from host.paths import results_dir
+    from host.report import plot as make_plot
+
+    paths = [Path(p) for p in results.split(",")] if results else [results_dir() / "latest.json"]
+    png = make_plot(paths, Path(out) if out else paths[0].resolve().with_suffix(".png"))
+    _say(f"plot: {png}")
+
+
+@task(help={"results": "a result JSON file (default: results/latest.json)"})
+def show(c, results=None):
+    """Print a saved result file as a table."""
+    from host.paths import results_dir
+    from host.report import load, print_results
+
+    print_results(load(Path(results) if results else results_dir() / "latest.json"), console)
+
+
+# --- development ----------------------------------------------------------------------------
+
+
+@task(help={"unit": "only the tests that boot no VM", "k": "pytest -k expression"})
+def test(c, unit=False, k=None):
+    """Run the test suite (unit tests, then tests that boot real VMs)."""
+    args = [sys.executable, "-m", "pytest", "-v" if not unit else "-q"]
+    if unit:
+        args += ["-m", "not vm"]
+    if k:
+        args += ["-k", k]
+    c.run(" ".join(args), pty=False, env={"PYTHONPATH": str(ROOT)})
+
+
+@task
+def lint(c):
+    """ruff check and format check."""
+    c.run(f"{sys.executable} -m ruff check . && {sys.executable} -m ruff format --check .")
+
+
+ns = Collection(doctor, bench, plot, show, test, lint)
+ns.add_collection(Collection("image", build=image_build, manifest=image_manifest))
+ns.add_collection(Collection("lab", up=lab_up, status=lab_status, ssh=lab_ssh,
+                             console=lab_console, down=lab_down, sweep=lab_sweep))
