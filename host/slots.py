@@ -46,6 +46,9 @@ def link_port(link_index: int) -> int:
 
 def _tcp_port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # SO_REUSEADDR as QEMU's hostfwd sets it: TIME_WAIT leftovers of closed SSH sessions
+        # do not make a port busy, only a socket still bound to it does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

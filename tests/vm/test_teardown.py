@@ -1,0 +1,132 @@
+"""Nothing leaks: lab.down, Ctrl-C during bring-up, and a SIGKILLed owner leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from host.config import load_lab
+from host.lab import Lab, LabState
+from host.paths import PROJECT_ROOT
+from tests.vm.conftest import DEFAULT_CONFIG, unique_lab_name
+from tests.vm.leftovers import domains_of, leftovers
+
+BROKEN = PROJECT_ROOT / "tests" / "configs" / "broken"
+
+
+def _wait_clean(lab: str, ports: list[int], run_dir: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = leftovers(lab, ports, run_dir)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
+def _start_keeper(name: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "host.keeper", str(DEFAULT_CONFIG), "--name", name],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )
+
+
+def _wait_for_domains(name: str, count: int, timeout: float = 120) -> LabState:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = LabState.load(name)
+        if state is not None and len(domains_of(name)) == count:
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"lab {name} never had {count} domains")
+
+
+def test_lab_down_leaves_nothing():
+    name = unique_lab_name("td")
+    lab = Lab(load_lab(DEFAULT_CONFIG), name=name, progress=print)
+    state = lab.up()
+    ports = [n.ssh_port for n in state.nodes]
+    assert len(domains_of(name)) == 2 and all(os.path.exists(n.console_log) for n in state.nodes)
+    lab.down()
+    assert leftovers(name, ports, state.run_dir) == {}
+    # the console logs are artifacts for the user, kept on purpose
+    assert all(os.path.exists(n.console_log) for n in state.nodes)
+
+
+def test_ctrl_c_during_bring_up_tears_everything_down():
+    name = unique_lab_name("ti")
+    keeper = _start_keeper(name)
+    state = _wait_for_domains(name, 2)  # domains exist, guests still booting
+    keeper.send_signal(signal.SIGINT)
+    out, _ = keeper.communicate(timeout=120)
+    assert "READY" not in out, "the interrupt came too late to test an interrupted bring-up"
+    ports = [n.ssh_port for n in state.nodes]
+    assert _wait_clean(name, ports, state.run_dir, timeout=10) == {}
+
+
+def test_sigkilled_owner_leaves_nothing_behind():
+    name = unique_lab_name("tk")
+    keeper = _start_keeper(name)
+    for line in keeper.stdout:
+        if line.startswith("READY") or line.startswith("FAILED"):
+            break
+    assert line.startswith("READY"), line
+    state = LabState.load(name)
+    ports = [n.ssh_port for n in state.nodes]
+    assert len(domains_of(name)) == 2
+    keeper.kill()  # SIGKILL: no teardown code of ours runs in the owner
+    keeper.wait(timeout=10)
+    # libvirt's AUTODESTROY kills the domains, the guardian removes the files
+    assert _wait_clean(name, ports, state.run_dir, timeout=60) == {}
+
+
+@pytest.mark.parametrize("broken", ["link_missing_node.yaml", "yaml_syntax_error.yaml",
+                                    "address_outside_bench_range.yaml"])
+def test_broken_config_stops_before_anything_starts(broken):
+    path = BROKEN / broken
+    assert path.exists(), f"fixture {path} is gone"
+    before = domains_of_all()
+    proc = subprocess.run([sys.executable, "-m", "invoke", "bench", "--config", str(path)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{path}:" in proc.stdout.replace("\n", "")
+    assert domains_of_all() == before
+
+
+def domains_of_all() -> set[str]:
+    from host.virt import connect, tagged_domains
+
+    conn = connect()
+    try:
+        return {d.name() for d, _ in tagged_domains(conn)}
+    finally:
+        conn.close()
+
+
+def test_bench_reports_kernel_path_beside_iperf3(tmp_path):
+    """The whole bench pipe on a short config: JSON with metadata, integrity checked."""
+    cfg = tmp_path / "short.yaml"
+    cfg.write_text(DEFAULT_CONFIG.read_text().replace("duration_s: 10", "duration_s: 2")
+                   .replace("duration_s: 5", "duration_s: 2")
+                   .replace("lab: default", f"lab: {unique_lab_name('tb')}"))
+    proc = subprocess.run([sys.executable, "-m", "invoke", "bench", "--config", str(cfg),
+                           "--out", str(tmp_path / "results")],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / "results" / "latest.json").read_text())
+    meta = data["metadata"]
+    assert meta["accel"] in ("kvm", "tcg") and meta["host"]["qemu"] and meta["guest_kernel"]
+    by_name = {r["experiment"]: r for r in data["results"]}
+    assert not any(r["errors"] for r in data["results"])
+    stream = by_name["kernel-stream"]["runs"][0]
+    assert stream["integrity"]["match"] and stream["mbit_per_s"] > 0
+    assert by_name["iperf3"]["summary"]["mbit_per_s"] > 0
+    assert by_name["kernel-rr"]["summary"]["p50_us"] > 0
+    assert "kernel-stream" in proc.stdout and "iperf3" in proc.stdout
+
