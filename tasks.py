@@ -38,8 +38,12 @@ def _load(config: str):
 # --- doctor ---------------------------------------------------------------------------------
 
 
-@task(help={"fix": "start libvirt daemons and fix /dev/kvm permissions, then check",
-            "probe": "boot a guest under KVM now to decide the accelerator"})
+@task(
+    help={
+        "fix": "start libvirt daemons and fix /dev/kvm permissions, then check",
+        "probe": "boot a guest under KVM now to decide the accelerator",
+    }
+)
 def doctor(c, fix=False, probe=False):
     """Check every prerequisite and say how to fix what is missing."""
     from host.daemons import ensure_daemons, fix_kvm_device
@@ -48,15 +52,20 @@ def doctor(c, fix=False, probe=False):
     if fix:
         started = ensure_daemons()
         changed = fix_kvm_device()
-        _say(f"started: {', '.join(started) or 'nothing'}; /dev/kvm "
-             f"{'fixed' if changed else 'unchanged'}")
+        _say(
+            f"started: {', '.join(started) or 'nothing'}; /dev/kvm "
+            f"{'fixed' if changed else 'unchanged'}"
+        )
     table = Table(title="stackbed doctor", title_justify="left")
     for col in ("check", "status", "detail", "how to fix"):
         table.add_column(col)
     failed = False
     for ch in run_checks(probe=probe):
-        status = "[green]ok[/green]" if ch.ok else (
-            "[red]MISSING[/red]" if ch.required else "[yellow]warn[/yellow]")
+        status = (
+            "[green]ok[/green]"
+            if ch.ok
+            else ("[red]MISSING[/red]" if ch.required else "[yellow]warn[/yellow]")
+        )
         failed |= ch.required and not ch.ok
         table.add_row(ch.name, status, ch.detail, "" if ch.ok else ch.fix)
     console.print(table)
@@ -76,8 +85,10 @@ def image_build(c, name="default", force=False):
     for p in prune_cache(img):
         _say(f"removed old build {p.name}")
     m = img.manifest
-    _say(f"kernel {m['kernel_version']} ({m['kernel_boot_file']}), python {m['python_version']}, "
-         f"{len(m['packages'])} packages; manifest: {img.path / 'manifest.json'}")
+    _say(
+        f"kernel {m['kernel_version']} ({m['kernel_boot_file']}), python {m['python_version']}, "
+        f"{len(m['packages'])} packages; manifest: {img.path / 'manifest.json'}"
+    )
 
 
 @task(help={"name": "recipe under images/"})
@@ -103,23 +114,36 @@ def _state(name: str):
     return state
 
 
-@task(help={"config": f"lab file (default {DEFAULT_CONFIG})", "name": "lab name override",
-            "accel": "force kvm or tcg (default: probe)"})
+@task(
+    help={
+        "config": f"lab file (default {DEFAULT_CONFIG})",
+        "name": "lab name override",
+        "accel": "force kvm or tcg (default: probe)",
+    }
+)
 def lab_up(c, config=DEFAULT_CONFIG, name=None, accel=None):
     """Start a lab that stays up until lab.down (owned by a background keeper process)."""
     cfg = _load(config)
     cmd = [sys.executable, "-m", "host.keeper", config]
     cmd += ["--name", name] if name else []
     cmd += ["--accel", accel] if accel else []
-    keeper = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)
+    keeper = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         for line in keeper.stdout:
             line = line.rstrip("\n")
             if line.startswith("READY "):
                 keeper.stdout.close()
-                _say(f"lab {name or cfg.lab} is up (keeper pid {keeper.pid}); "
-                     f"`invoke lab.status`, `invoke lab.ssh NODE`, `invoke lab.down`")
+                _say(
+                    f"lab {name or cfg.lab} is up (keeper pid {keeper.pid}); "
+                    f"`invoke lab.status`, `invoke lab.ssh NODE`, `invoke lab.down`"
+                )
                 return
             if line.startswith("FAILED "):
                 raise Exit(line[7:], code=1)
@@ -137,38 +161,66 @@ def lab_up(c, config=DEFAULT_CONFIG, name=None, accel=None):
 def lab_status(c, name=None, config=DEFAULT_CONFIG):
     """Show a running lab: nodes, SSH ports, NICs and addresses, boot times."""
     state = _state(name or _load(config).lab)
-    table = Table(title=f"lab {state.lab} · {state.accel.upper()} · slot {state.slot} · "
-                        f"owner pid {state.owner_pid} · up "
-                        f"{time.time() - state.created:.0f} s", title_justify="left")
+    table = Table(
+        title=f"lab {state.lab} · {state.accel.upper()} · slot {state.slot} · "
+        f"owner pid {state.owner_pid} · up "
+        f"{time.time() - state.created:.0f} s",
+        title_justify="left",
+    )
     for col in ("node", "domain", "ssh", "boot", "NICs", "console log"):
         table.add_column(col)
     for n in state.nodes:
-        nics = "\n".join(f"{x['name']} {x['address']} ({x['model']}, mtu {x['mtu']}, "
-                         f"link {x['link']})" for x in n.nics)
+        nics = "\n".join(
+            f"{x['name']} {x['address']} ({x['model']}, mtu {x['mtu']}, link {x['link']})"
+            for x in n.nics
+        )
         boot = f"{n.boot_seconds:.1f} s" if n.boot_seconds is not None else "-"
         table.add_row(n.name, n.domain, f"127.0.0.1:{n.ssh_port}", boot, nics, n.console_log)
     console.print(table)
 
 
-@task(help={"node": "node name", "name": "lab name", "config": "lab file",
-            "command": "run this command instead of an interactive shell"})
+@task(
+    help={
+        "node": "node name",
+        "name": "lab name",
+        "config": "lab file",
+        "command": "run this command instead of an interactive shell",
+    }
+)
 def lab_ssh(c, node, name=None, config=DEFAULT_CONFIG, command=None):
     """Open a shell (or run a command) on a node of a running lab."""
     state = _state(name or _load(config).lab)
     n = state.node(node)
-    args = ["ssh", "-i", state.key_path, "-p", str(n.ssh_port), "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1"]
+    args = [
+        "ssh",
+        "-i",
+        state.key_path,
+        "-p",
+        str(n.ssh_port),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "root@127.0.0.1",
+    ]
     if command:
         args.append(command)
     os.execvp("ssh", args)
 
 
-@task(help={"node": "node name", "name": "lab name", "config": "lab file",
-            "log": "print the console log instead of attaching"})
+@task(
+    help={
+        "node": "node name",
+        "name": "lab name",
+        "config": "lab file",
+        "log": "print the console log instead of attaching",
+    }
+)
 def lab_console(c, node, name=None, config=DEFAULT_CONFIG, log=False):
     """Attach to a node's serial console (Ctrl-] leaves), or print its log with --log."""
     lab = name or _load(config).lab
-    from host.lab import LabState
     from host.paths import console_log_dir
 
     if log:
@@ -192,8 +244,10 @@ def lab_down(c, name=None, config=DEFAULT_CONFIG):
     if state is None:
         _say(f"lab {lab} is not running")
     report = sweep(lab=lab, force=True)
-    _say(f"lab {lab} down: {len(report.domains)} leftover domain(s) destroyed, owner(s) "
-         f"stopped: {report.owners_stopped or 'none'}")
+    _say(
+        f"lab {lab} down: {len(report.domains)} leftover domain(s) destroyed, owner(s) "
+        f"stopped: {report.owners_stopped or 'none'}"
+    )
 
 
 @task(help={"lab": "only this lab", "force": "also stop labs whose owner still runs"})
@@ -202,8 +256,10 @@ def lab_sweep(c, lab=None, force=False):
     from host.sweep import sweep
 
     r = sweep(lab=lab, force=force)
-    _say(f"domains destroyed: {r.domains or 'none'}; owners stopped: {r.owners_stopped or 'none'}"
-         f"; run folders removed: {len(r.run_dirs)}")
+    _say(
+        f"domains destroyed: {r.domains or 'none'}; owners stopped: {r.owners_stopped or 'none'}"
+        f"; run folders removed: {len(r.run_dirs)}"
+    )
     if r.kept:
         _say(f"still running (left alone; --force stops them): {', '.join(r.kept)}")
 
@@ -211,9 +267,15 @@ def lab_sweep(c, lab=None, force=False):
 # --- bench ----------------------------------------------------------------------------------
 
 
-@task(help={"config": f"lab file (default {DEFAULT_CONFIG})",
-            "only": "comma-separated experiment names", "accel": "force kvm or tcg",
-            "out": "results folder (default results/)", "plot": "also write a PNG plot"})
+@task(
+    help={
+        "config": f"lab file (default {DEFAULT_CONFIG})",
+        "only": "comma-separated experiment names",
+        "accel": "force kvm or tcg",
+        "out": "results folder (default results/)",
+        "plot": "also write a PNG plot",
+    }
+)
 def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False):
     """Run a lab's experiments and print/save the results (JSON, table, optional plot).
 
@@ -223,7 +285,8 @@ def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False)
     from host.bench import metadata, run_experiments, save_results
     from host.image import cached_image
     from host.lab import Lab, LabState, terminate_on_sigterm
-    from host.report import load, plot as make_plot, print_results
+    from host.report import load, print_results
+    from host.report import plot as make_plot
 
     cfg = _load(config)
     if not cfg.experiments:
@@ -255,8 +318,7 @@ def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False)
         raise Exit("some experiments failed (see the table)", code=1)
 
 
-@task(help={"results": "result JSON files (default: results/latest.json)",
-            "out": "PNG to write"})
+@task(help={"results": "result JSON files (default: results/latest.json)", "out": "PNG to write"})
 def plot(c, results=None, out=None):
     """Plot one or more result files (overlaid) to a PNG."""
     from host.paths import results_dir
@@ -298,5 +360,14 @@ def lint(c):
 
 ns = Collection(doctor, bench, plot, show, test, lint)
 ns.add_collection(Collection("image", build=image_build, manifest=image_manifest))
-ns.add_collection(Collection("lab", up=lab_up, status=lab_status, ssh=lab_ssh,
-                             console=lab_console, down=lab_down, sweep=lab_sweep))
+ns.add_collection(
+    Collection(
+        "lab",
+        up=lab_up,
+        status=lab_status,
+        ssh=lab_ssh,
+        console=lab_console,
+        down=lab_down,
+        sweep=lab_sweep,
+    )
+)

@@ -25,8 +25,11 @@ ACCELS = ("kvm", "tcg")
 def _host_key() -> dict:
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True)
-    return {"boot_id": boot_id, "kernel": platform.release(),
-            "qemu": qemu.stdout.splitlines()[0] if qemu.stdout else "unknown"}
+    return {
+        "boot_id": boot_id,
+        "kernel": platform.release(),
+        "qemu": qemu.stdout.splitlines()[0] if qemu.stdout else "unknown",
+    }
 
 
 def _cache_file() -> Path:
@@ -58,23 +61,29 @@ def probe_kvm(image: Image, progress: Callable[[str], None]) -> tuple[bool, str]
     from host.config import parse_lab
     from host.lab import Lab
 
-    config = parse_lab(f"lab: accel-probe\nimage: {image.name}\nnodes:\n  - name: probe\n",
-                       source="<accel probe>")
+    config = parse_lab(
+        f"lab: accel-probe\nimage: {image.name}\nnodes:\n  - name: probe\n", source="<accel probe>"
+    )
     t0 = time.monotonic()
     try:
-        with Lab(config, name=f"accel-probe-{os.getpid()}", accel="kvm",
-                 progress=lambda _m: None) as lab:
+        with Lab(
+            config, name=f"accel-probe-{os.getpid()}", accel="kvm", progress=lambda _m: None
+        ) as lab:
             state = lab.up()
-            clock = lab.guest("probe").run(
-                "cat /sys/devices/system/clocksource/clocksource0/current_clocksource").stdout
+            clock = (
+                lab.guest("probe")
+                .run("cat /sys/devices/system/clocksource/clocksource0/current_clocksource")
+                .stdout
+            )
             return True, f"booted in {state.nodes[0].boot_seconds} s, clocksource {clock.strip()}"
     except Exception as e:  # any failure to boot means: not usable here
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         return False, f"no SSH after {time.monotonic() - t0:.0f} s ({first})"
 
 
-def decide_accel(image: Image, progress: Callable[[str], None] = print,
-                 reprobe: bool = False) -> str:
+def decide_accel(
+    image: Image, progress: Callable[[str], None] = print, reprobe: bool = False
+) -> str:
     forced = os.environ.get("STACKBED_ACCEL")
     if forced:
         if forced not in ACCELS:
@@ -90,6 +99,10 @@ def decide_accel(image: Image, progress: Callable[[str], None] = print,
     why = detail
     progress(f"accelerator: {accel.upper()} (KVM probe: {why})")
     _cache_file().parent.mkdir(parents=True, exist_ok=True)
-    _cache_file().write_text(json.dumps({"accel": accel, "detail": why, "host": _host_key(),
-                                         "probed_at": time.time()}, indent=2) + "\n")
+    _cache_file().write_text(
+        json.dumps(
+            {"accel": accel, "detail": why, "host": _host_key(), "probed_at": time.time()}, indent=2
+        )
+        + "\n"
+    )
     return accel

@@ -71,59 +71,105 @@ def _json_line(result, what: str) -> dict:
             if "error" in data:
                 raise BenchError(f"{what}: {data['error']}")
             return data
-    raise BenchError(f"{what} printed no result (exit {result.exit_status}): "
-                     f"{result.stderr.strip()[-500:]}")
+    raise BenchError(
+        f"{what} printed no result (exit {result.exit_status}): {result.stderr.strip()[-500:]}"
+    )
 
 
-def _pair(t: Target, server_args: str, client_args: str, server_role: str, client_role: str,
-          timeout: float) -> tuple[dict, dict]:
+def _pair(
+    t: Target,
+    server_args: str,
+    client_args: str,
+    server_role: str,
+    client_role: str,
+    timeout: float,
+) -> tuple[dict, dict]:
     """Start the server, run the client to completion, collect both JSON lines."""
-    srv = t.server.start(_traffic(server_role, f"--bind {t.server_ip} --port {t.port} "
-                                               f"{server_args}"))
+    srv = t.server.start(
+        _traffic(server_role, f"--bind {t.server_ip} --port {t.port} {server_args}")
+    )
     try:
-        cli = t.client.run(_traffic(client_role, f"--peer {t.server_ip} --port {t.port} "
-                                                 f"{client_args}"), timeout=timeout)
+        cli = t.client.run(
+            _traffic(client_role, f"--peer {t.server_ip} --port {t.port} {client_args}"),
+            timeout=timeout,
+        )
     finally:
         srv_result = srv.wait(timeout=60)
     return _json_line(cli, f"{client_role} on {t.client.name}"), _json_line(
-        srv_result, f"{server_role} on {t.server.name}")
+        srv_result, f"{server_role} on {t.server.name}"
+    )
 
 
 def run_stream(t: Target) -> dict:
     e = t.exp
     common = f"--path {e.path} --timeout 30 --label {shlex.quote(e.name)}"
     cpu0 = host_cpu_times()
-    cli, srv = _pair(t, f"{common} --msg-size {e.msg_size} --no-hash",
-                     f"{common} --msg-size {e.msg_size} --no-hash --duration {e.duration_s}",
-                     "sink", "source", timeout=e.duration_s + 90)
+    cli, srv = _pair(
+        t,
+        f"{common} --msg-size {e.msg_size} --no-hash",
+        f"{common} --msg-size {e.msg_size} --no-hash --duration {e.duration_s}",
+        "sink",
+        "source",
+        timeout=e.duration_s + 90,
+    )
     host_cpu = host_cpu_since(cpu0)
     if cli["bytes"] != srv["bytes"]:
         raise BenchError(f"{e.name}: source sent {cli['bytes']} bytes, sink got {srv['bytes']}")
-    icli, isrv = _pair(t, f"{common} --msg-size {e.msg_size}",
-                       f"{common} --msg-size {e.msg_size} --bytes {INTEGRITY_BYTES}",
-                       "sink", "source", timeout=180)
-    integrity = {"bytes": isrv["bytes"], "sha256_source": icli["sha256"],
-                 "sha256_sink": isrv["sha256"],
-                 "match": icli["sha256"] == isrv["sha256"] and isrv["bytes"] == INTEGRITY_BYTES}
+    icli, isrv = _pair(
+        t,
+        f"{common} --msg-size {e.msg_size}",
+        f"{common} --msg-size {e.msg_size} --bytes {INTEGRITY_BYTES}",
+        "sink",
+        "source",
+        timeout=180,
+    )
+    integrity = {
+        "bytes": isrv["bytes"],
+        "sha256_source": icli["sha256"],
+        "sha256_sink": isrv["sha256"],
+        "match": icli["sha256"] == isrv["sha256"] and isrv["bytes"] == INTEGRITY_BYTES,
+    }
     if not integrity["match"]:
         raise BenchError(f"{e.name}: byte stream corrupted: {integrity}")
-    return {"mbit_per_s": srv["mbit_per_s"], "bytes": srv["bytes"], "seconds": srv["seconds"],
-            "client_cpu": cli["cpu_system"], "server_cpu": srv["cpu_system"],
-            "host_cpu": host_cpu, "integrity": integrity, "raw": {"client": cli, "server": srv}}
+    return {
+        "mbit_per_s": srv["mbit_per_s"],
+        "bytes": srv["bytes"],
+        "seconds": srv["seconds"],
+        "client_cpu": cli["cpu_system"],
+        "server_cpu": srv["cpu_system"],
+        "host_cpu": host_cpu,
+        "integrity": integrity,
+        "raw": {"client": cli, "server": srv},
+    }
 
 
 def run_rr(t: Target) -> dict:
     e = t.exp
-    common = (f"--path {e.path} --timeout 30 --label {shlex.quote(e.name)} "
-              f"--req-size {e.req_size} --resp-size {e.resp_size}")
+    common = (
+        f"--path {e.path} --timeout 30 --label {shlex.quote(e.name)} "
+        f"--req-size {e.req_size} --resp-size {e.resp_size}"
+    )
     cpu0 = host_cpu_times()
-    cli, srv = _pair(t, common, f"{common} --duration {e.duration_s}", "rr-server",
-                     "rr-client", timeout=e.duration_s + 90)
+    cli, srv = _pair(
+        t,
+        common,
+        f"{common} --duration {e.duration_s}",
+        "rr-server",
+        "rr-client",
+        timeout=e.duration_s + 90,
+    )
     lat = cli["latency_us"]
-    return {"transactions_per_s": cli["transactions_per_s"], "transactions": cli["transactions"],
-            "p50_us": lat["p50"], "p99_us": lat["p99"], "mean_us": lat["mean"],
-            "client_cpu": cli["cpu_system"], "server_cpu": srv["cpu_system"],
-            "host_cpu": host_cpu_since(cpu0), "raw": {"client": cli, "server": srv}}
+    return {
+        "transactions_per_s": cli["transactions_per_s"],
+        "transactions": cli["transactions"],
+        "p50_us": lat["p50"],
+        "p99_us": lat["p99"],
+        "mean_us": lat["mean"],
+        "client_cpu": cli["cpu_system"],
+        "server_cpu": srv["cpu_system"],
+        "host_cpu": host_cpu_since(cpu0),
+        "raw": {"client": cli, "server": srv},
+    }
 
 
 def run_iperf3(t: Target) -> dict:
@@ -133,8 +179,10 @@ def run_iperf3(t: Target) -> dict:
     try:
         cli = None
         for _ in range(20):  # the server needs a moment to listen
-            cli = t.client.run(f"iperf3 -c {t.server_ip} -p {t.port} -t {max(1, round(e.duration_s))} -J",
-                               timeout=e.duration_s + 60)
+            cli = t.client.run(
+                f"iperf3 -c {t.server_ip} -p {t.port} -t {max(1, round(e.duration_s))} -J",
+                timeout=e.duration_s + 60,
+            )
             if cli.exit_status == 0:
                 break
             time.sleep(0.3)
@@ -145,11 +193,14 @@ def run_iperf3(t: Target) -> dict:
         raise BenchError(f"iperf3 client failed: {cli.stdout[-400:] if cli else ''}")
     data = json.loads(cli.stdout)
     end = data["end"]
-    return {"mbit_per_s": end["sum_received"]["bits_per_second"] / 1e6,
-            "client_cpu": end["cpu_utilization_percent"]["host_total"] / 100,
-            "server_cpu": end["cpu_utilization_percent"]["remote_total"] / 100,
-            "host_cpu": host_cpu, "retransmits": end["sum_sent"].get("retransmits"),
-            "raw": {"server_exit": srv_result.exit_status}}
+    return {
+        "mbit_per_s": end["sum_received"]["bits_per_second"] / 1e6,
+        "client_cpu": end["cpu_utilization_percent"]["host_total"] / 100,
+        "server_cpu": end["cpu_utilization_percent"]["remote_total"] / 100,
+        "host_cpu": host_cpu,
+        "retransmits": end["sum_sent"].get("retransmits"),
+        "raw": {"server_exit": srv_result.exit_status},
+    }
 
 
 def run_ping(t: Target) -> dict:
@@ -160,13 +211,21 @@ def run_ping(t: Target) -> dict:
     loss = re.search(r"([\d.]+)% packet loss", r.stdout)
     if r.exit_status != 0 or not m:
         raise BenchError(f"ping {t.server_ip} from {t.client.name} failed: {r.stdout[-300:]}")
-    return {"rtt_min_us": float(m.group(1)) * 1000, "rtt_avg_us": float(m.group(2)) * 1000,
-            "rtt_max_us": float(m.group(3)) * 1000, "p50_us": None,
-            "loss_percent": float(loss.group(1)) if loss else None, "count": count}
+    return {
+        "rtt_min_us": float(m.group(1)) * 1000,
+        "rtt_avg_us": float(m.group(2)) * 1000,
+        "rtt_max_us": float(m.group(3)) * 1000,
+        "p50_us": None,
+        "loss_percent": float(loss.group(1)) if loss else None,
+        "count": count,
+    }
 
 
 RUNNERS: dict[str, Callable[[Target], dict]] = {
-    "stream": run_stream, "rr": run_rr, "iperf3": run_iperf3, "ping": run_ping,
+    "stream": run_stream,
+    "rr": run_rr,
+    "iperf3": run_iperf3,
+    "ping": run_ping,
 }
 
 
@@ -180,43 +239,63 @@ def _summary(runs: list[dict]) -> dict:
     return out
 
 
-def run_experiments(config: LabConfig, state: LabState, guests: Callable[[str], Guest],
-                    only: list[str] | None = None,
-                    progress: Callable[[str], None] = print) -> list[dict]:
+def run_experiments(
+    config: LabConfig,
+    state: LabState,
+    guests: Callable[[str], Guest],
+    only: list[str] | None = None,
+    progress: Callable[[str], None] = print,
+) -> list[dict]:
     records = []
     selected = [e for e in config.experiments if not only or e.name in only]
     if only and (missing := set(only) - {e.name for e in selected}):
-        raise BenchError(f"no experiment named {', '.join(sorted(missing))} in "
-                         f"{config.source_path}")
+        raise BenchError(
+            f"no experiment named {', '.join(sorted(missing))} in {config.source_path}"
+        )
     for i, exp in enumerate(selected):
         link = config.link(exp.link)
-        target = Target(exp, guests(exp.client), guests(exp.server),
-                        str(link.address_of(exp.server).ip), BASE_PORT + i)
+        target = Target(
+            exp,
+            guests(exp.client),
+            guests(exp.server),
+            str(link.address_of(exp.server).ip),
+            BASE_PORT + i,
+        )
         runs = []
         for rep in range(exp.repeat):
-            progress(f"[{i + 1}/{len(selected)}] {exp.name} ({exp.type}, {exp.path}, "
-                     f"{exp.client} -> {exp.server}, {exp.duration_s:g} s)"
-                     + (f" repeat {rep + 1}/{exp.repeat}" if exp.repeat > 1 else ""))
+            progress(
+                f"[{i + 1}/{len(selected)}] {exp.name} ({exp.type}, {exp.path}, "
+                f"{exp.client} -> {exp.server}, {exp.duration_s:g} s)"
+                + (f" repeat {rep + 1}/{exp.repeat}" if exp.repeat > 1 else "")
+            )
             try:
                 runs.append(RUNNERS[exp.type](target))
             except (BenchError, GuestError) as err:
                 runs.append({"error": str(err)})
                 progress(f"    FAILED: {err}")
         ok = [r for r in runs if "error" not in r]
-        records.append({
-            "experiment": exp.name, "type": exp.type, "path": exp.path,
-            "client": exp.client, "server": exp.server, "link": exp.link,
-            "duration_s": exp.duration_s, "runs": runs,
-            "summary": _summary(ok) if ok else None,
-            "errors": [r["error"] for r in runs if "error" in r],
-        })
+        records.append(
+            {
+                "experiment": exp.name,
+                "type": exp.type,
+                "path": exp.path,
+                "client": exp.client,
+                "server": exp.server,
+                "link": exp.link,
+                "duration_s": exp.duration_s,
+                "runs": runs,
+                "summary": _summary(ok) if ok else None,
+                "errors": [r["error"] for r in runs if "error" in r],
+            }
+        )
     return records
 
 
 def _git(*args: str) -> str | None:
     try:
-        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -232,14 +311,20 @@ def metadata(config: LabConfig, state: LabState, image_manifest: dict) -> dict:
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain")),
         "accel": state.accel,
-        "host": {"kernel": platform.release(), "machine": platform.machine(),
-                 "cpus": len(Path("/proc/cpuinfo").read_text().split("processor\t")) - 1,
-                 "python": platform.python_version(),
-                 "qemu": qemu.stdout.splitlines()[0] if qemu.stdout else None,
-                 "libvirt": f"{lv // 1000000}.{lv // 1000 % 1000}.{lv % 1000}"},
-        "image": {"name": image_manifest["name"], "digest": image_manifest["digest"],
-                  "kernel_version": image_manifest["kernel_version"],
-                  "python_version": image_manifest["python_version"]},
+        "host": {
+            "kernel": platform.release(),
+            "machine": platform.machine(),
+            "cpus": len(Path("/proc/cpuinfo").read_text().split("processor\t")) - 1,
+            "python": platform.python_version(),
+            "qemu": qemu.stdout.splitlines()[0] if qemu.stdout else None,
+            "libvirt": f"{lv // 1000000}.{lv // 1000 % 1000}.{lv % 1000}",
+        },
+        "image": {
+            "name": image_manifest["name"],
+            "digest": image_manifest["digest"],
+            "kernel_version": image_manifest["kernel_version"],
+            "python_version": image_manifest["python_version"],
+        },
         "guest_kernel": state.guest_kernel,
         "lab": state.lab,
         "boot_seconds": {n.name: n.boot_seconds for n in state.nodes},

@@ -12,11 +12,31 @@ from dataclasses import dataclass
 
 from host.paths import image_cache_dir, runtime_dir
 
-APT_PACKAGES = ["qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients",
-                "libvirt-dev", "mmdebstrap", "cpio", "e2fsprogs", "openssh-client", "iproute2",
-                "iperf3", "pkg-config"]
-PY_MODULES = ["paramiko", "libvirt", "invoke", "yaml", "pydantic", "rich", "tenacity",
-              "matplotlib", "cryptography"]
+APT_PACKAGES = [
+    "qemu-system-x86",
+    "qemu-utils",
+    "libvirt-daemon-system",
+    "libvirt-clients",
+    "libvirt-dev",
+    "mmdebstrap",
+    "cpio",
+    "e2fsprogs",
+    "openssh-client",
+    "iproute2",
+    "iperf3",
+    "pkg-config",
+]
+PY_MODULES = [
+    "paramiko",
+    "libvirt",
+    "invoke",
+    "yaml",
+    "pydantic",
+    "rich",
+    "tenacity",
+    "matplotlib",
+    "cryptography",
+]
 
 
 @dataclass
@@ -29,14 +49,23 @@ class Check:
 
 
 def _apt() -> Check:
-    proc = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n",
-                           *APT_PACKAGES], capture_output=True, text=True)
-    installed = {line.split()[0] for line in proc.stdout.splitlines()
-                 if len(line.split()) > 1 and line.split()[1].startswith("ii")}
+    proc = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", *APT_PACKAGES],
+        capture_output=True,
+        text=True,
+    )
+    installed = {
+        line.split()[0]
+        for line in proc.stdout.splitlines()
+        if len(line.split()) > 1 and line.split()[1].startswith("ii")
+    }
     missing = [p for p in APT_PACKAGES if p not in installed]
-    return Check("Debian packages", not missing,
-                 "all installed" if not missing else f"missing: {' '.join(missing)}",
-                 "./quickstart.sh setup   (or: apt-get install " + " ".join(missing) + ")")
+    return Check(
+        "Debian packages",
+        not missing,
+        "all installed" if not missing else f"missing: {' '.join(missing)}",
+        "./quickstart.sh setup   (or: apt-get install " + " ".join(missing) + ")",
+    )
 
 
 def _python() -> Check:
@@ -46,23 +75,33 @@ def _python() -> Check:
             importlib.import_module(mod)
         except ImportError:
             missing.append(mod)
-    return Check("Python packages", not missing,
-                 "all importable" if not missing else f"missing: {', '.join(missing)}",
-                 "./quickstart.sh setup   (creates .venv from pyproject.toml)")
+    return Check(
+        "Python packages",
+        not missing,
+        "all importable" if not missing else f"missing: {', '.join(missing)}",
+        "./quickstart.sh setup   (creates .venv from pyproject.toml)",
+    )
 
 
 def _root() -> Check:
-    return Check("privileges", os.geteuid() == 0, "root" if os.geteuid() == 0 else "not root",
-                 "run as root (qemu:///system and /dev/kvm set-up need it)")
+    return Check(
+        "privileges",
+        os.geteuid() == 0,
+        "root" if os.geteuid() == 0 else "not root",
+        "run as root (qemu:///system and /dev/kvm set-up need it)",
+    )
 
 
 def _daemons() -> Check:
     from host.daemons import daemon_running
 
     down = [d for d in ("virtlogd", "libvirtd") if not daemon_running(d)]
-    return Check("libvirt daemons", not down,
-                 "virtlogd and libvirtd answer" if not down else f"not running: {', '.join(down)}",
-                 "invoke doctor --fix   (starts them; every stackbed command does too)")
+    return Check(
+        "libvirt daemons",
+        not down,
+        "virtlogd and libvirtd answer" if not down else f"not running: {', '.join(down)}",
+        "invoke doctor --fix   (starts them; every stackbed command does too)",
+    )
 
 
 def _kvm_device() -> Check:
@@ -70,9 +109,12 @@ def _kvm_device() -> Check:
 
     problem = kvm_device_problem()
     exists = os.path.exists("/dev/kvm")
-    return Check("/dev/kvm permissions", problem is None,
-                 problem or ("root:kvm 0660" if exists else "no /dev/kvm (TCG will be used)"),
-                 "invoke doctor --fix   (chgrp kvm /dev/kvm && chmod 0660 /dev/kvm, as udev would)")
+    return Check(
+        "/dev/kvm permissions",
+        problem is None,
+        problem or ("root:kvm 0660" if exists else "no /dev/kvm (TCG will be used)"),
+        "invoke doctor --fix   (chgrp kvm /dev/kvm && chmod 0660 /dev/kvm, as udev would)",
+    )
 
 
 def _libvirt() -> Check:
@@ -84,14 +126,21 @@ def _libvirt() -> Check:
         conn = connect()
         ver = conn.getLibVersion()
         conn.close()
-        return Check("libvirt connection", True,
-                     f"qemu:///system, libvirt {ver // 1000000}.{ver // 1000 % 1000}")
+        return Check(
+            "libvirt connection",
+            True,
+            f"qemu:///system, libvirt {ver // 1000000}.{ver // 1000 % 1000}",
+        )
     except Exception as e:  # report, never crash the doctor
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "libvirt" in locals() and isinstance(e, libvirt.libvirtError):
             detail = f"libvirt: {detail}"
-        return Check("libvirt connection", False, detail,
-                     "see /var/log/libvirt/libvirtd.log; invoke doctor --fix")
+        return Check(
+            "libvirt connection",
+            False,
+            detail,
+            "see /var/log/libvirt/libvirtd.log; invoke doctor --fix",
+        )
 
 
 def _image() -> Check:
@@ -102,11 +151,18 @@ def _image() -> Check:
     except ImageError as e:
         return Check("guest image", False, str(e), "configure a Debian apt source")
     if img is None:
-        return Check("guest image", False, "not built for the current recipe",
-                     "invoke image.build   (about 1 minute; bench and lab.up build it too)")
+        return Check(
+            "guest image",
+            False,
+            "not built for the current recipe",
+            "invoke image.build   (about 1 minute; bench and lab.up build it too)",
+        )
     m = img.manifest
-    return Check("guest image", True,
-                 f"{img.path.name}: kernel {m['kernel_version']}, python {m['python_version']}")
+    return Check(
+        "guest image",
+        True,
+        f"{img.path.name}: kernel {m['kernel_version']}, python {m['python_version']}",
+    )
 
 
 def _accel(probe: bool) -> Check:
@@ -119,26 +175,44 @@ def _accel(probe: bool) -> Check:
 
         accel = decide_accel(build_image("default", progress=lambda _m: None), reprobe=True)
         cached = cached_decision() or {}
-        return Check("accelerator", True, f"{accel.upper()} ({cached.get('detail', '')})",
-                     required=False)
+        return Check(
+            "accelerator", True, f"{accel.upper()} ({cached.get('detail', '')})", required=False
+        )
     cached = cached_decision()
     if cached:
-        return Check("accelerator", True,
-                     f"{cached['accel'].upper()} (probed: {cached['detail']})", required=False)
-    return Check("accelerator", True, "KVM not probed yet on this boot",
-                 "invoke doctor --probe   (boots one guest under KVM)", required=False)
+        return Check(
+            "accelerator",
+            True,
+            f"{cached['accel'].upper()} (probed: {cached['detail']})",
+            required=False,
+        )
+    return Check(
+        "accelerator",
+        True,
+        "KVM not probed yet on this boot",
+        "invoke doctor --probe   (boots one guest under KVM)",
+        required=False,
+    )
 
 
 def _runtime() -> Check:
     d = runtime_dir()
     try:
         d.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(image_cache_dir().parent if image_cache_dir().parent.exists()
-                                 else "/").free / 2**30
+        free = (
+            shutil.disk_usage(
+                image_cache_dir().parent if image_cache_dir().parent.exists() else "/"
+            ).free
+            / 2**30
+        )
     except OSError as e:
         return Check("disk and runtime folder", False, str(e), f"make {d} writable")
-    return Check("disk and runtime folder", free > 3, f"{d} writable; {free:.0f} GiB free",
-                 "free at least 3 GiB (image build + overlays)")
+    return Check(
+        "disk and runtime folder",
+        free > 3,
+        f"{d} writable; {free:.0f} GiB free",
+        "free at least 3 GiB (image build + overlays)",
+    )
 
 
 def _loopback() -> Check:
@@ -146,14 +220,27 @@ def _loopback() -> Check:
         try:
             s.bind(("127.1.1.1", 0))
         except OSError as e:
-            return Check("loopback 127.1.x.y", False, str(e),
-                         "the kernel must route 127.0.0.0/8 to lo (default on Linux)")
+            return Check(
+                "loopback 127.1.x.y",
+                False,
+                str(e),
+                "the kernel must route 127.0.0.0/8 to lo (default on Linux)",
+            )
     return Check("loopback 127.1.x.y", True, "UDP link endpoints can bind")
 
 
 def run_checks(probe: bool = False) -> list[Check]:
-    checks: list[Callable[[], Check]] = [_root, _apt, _python, _daemons, _kvm_device, _libvirt,
-                                         _runtime, _loopback, _image]
+    checks: list[Callable[[], Check]] = [
+        _root,
+        _apt,
+        _python,
+        _daemons,
+        _kvm_device,
+        _libvirt,
+        _runtime,
+        _loopback,
+        _image,
+    ]
     results = [c() for c in checks]
     results.append(_accel(probe))
     return results

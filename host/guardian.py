@@ -21,8 +21,11 @@ class Guardian:
     def __init__(self, run_dir: Path, run_id: str):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "host.guardian", str(run_dir), run_id],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, cwd=Path(__file__).resolve().parent.parent,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=Path(__file__).resolve().parent.parent,
         )
 
     def dismiss(self) -> None:

@@ -11,6 +11,7 @@ Run as `python -m host.keeper CONFIG [--name NAME] [--accel kvm|tcg]`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -29,10 +30,8 @@ def main(argv: list[str]) -> int:
     terminate_on_sigterm()
 
     def say(msg: str) -> None:
-        try:
+        with contextlib.suppress(BrokenPipeError, OSError):
             print(msg, flush=True)
-        except (BrokenPipeError, OSError):
-            pass
 
     try:
         with Lab(load_lab(args.config), name=args.name, accel=args.accel, progress=say) as lab:

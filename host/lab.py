@@ -8,6 +8,7 @@ guardian's. A lab that should outlive a command is owned by a keeper process (`h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -102,8 +103,9 @@ class LabState:
         for n in self.nodes:
             if n.name == name:
                 return n
-        raise LabError(f"lab {self.lab} has no node {name!r} "
-                       f"(nodes: {', '.join(n.name for n in self.nodes)})")
+        raise LabError(
+            f"lab {self.lab} has no node {name!r} (nodes: {', '.join(n.name for n in self.nodes)})"
+        )
 
     def guest(self, name: str) -> Guest:
         n = self.node(name)
@@ -118,8 +120,13 @@ def boot_timeout(accel: str, nodes: int) -> float:
 class Lab:
     """Bring up a lab from a validated config; use as a context manager for guaranteed teardown."""
 
-    def __init__(self, config: LabConfig, name: str | None = None, accel: str | None = None,
-                 progress: Progress = print):
+    def __init__(
+        self,
+        config: LabConfig,
+        name: str | None = None,
+        accel: str | None = None,
+        progress: Progress = print,
+    ):
         self.config = config
         self.name = name or config.lab
         self.requested_accel = accel
@@ -140,8 +147,10 @@ class Lab:
         run_dir = labs_dir() / self.name
         old = LabState.load(self.name)
         if old is not None and old.owner_alive():
-            raise LabError(f"lab {self.name!r} is already running (owner pid {old.owner_pid}); "
-                           f"`invoke lab.down --name {self.name}` stops it")
+            raise LabError(
+                f"lab {self.name!r} is already running (owner pid {old.owner_pid}); "
+                f"`invoke lab.down --name {self.name}` stops it"
+            )
         if run_dir.exists():
             shutil.rmtree(run_dir)  # left by an owner that died: nothing in it is alive
         run_dir.mkdir(parents=True, mode=0o700)
@@ -155,24 +164,41 @@ class Lab:
             a, b = link.endpoints
             for end, (me, peer) in enumerate(((a, b), (b, a))):
                 k = len(nics[me]) + 1
-                nics[me].append(Nic(
-                    name=f"eth{k}", mac=_mac(1, slot, index[me], k), model=link.model,
-                    mtu=link.mtu, address=str(link.addresses[end]),
-                    local=(node_loopback(slot, index[me]), link_port(li)),
-                    remote=(node_loopback(slot, index[peer]), link_port(li)), link=link.name,
-                ))
+                nics[me].append(
+                    Nic(
+                        name=f"eth{k}",
+                        mac=_mac(1, slot, index[me], k),
+                        model=link.model,
+                        mtu=link.mtu,
+                        address=str(link.addresses[end]),
+                        local=(node_loopback(slot, index[me]), link_port(li)),
+                        remote=(node_loopback(slot, index[peer]), link_port(li)),
+                        link=link.name,
+                    )
+                )
         logs = console_log_dir(self.name)
         logs.mkdir(parents=True, exist_ok=True)
         specs = []
         for i, node in enumerate(self.config.nodes):
-            specs.append(NodeSpec(
-                lab=self.name, run_id=self.state.run_id if self.state else "",
-                node=node.name, domain_name=f"sb-{self.name}-{node.name}", accel=accel,
-                vcpus=node.vcpus, memory_mib=node.memory_mib, kernel=str(self.image.kernel),
-                initrd=str(self.image.initrd), disk=str(self._run_dir / f"{node.name}.qcow2"),
-                console_log=str(logs / f"{node.name}.console.log"), ssh_port=ssh_port(slot, i),
-                mgmt_mac=_mac(0, slot, i, 0), ssh_pubkey_b64=pubkey, nics=nics[node.name],
-            ))
+            specs.append(
+                NodeSpec(
+                    lab=self.name,
+                    run_id=self.state.run_id if self.state else "",
+                    node=node.name,
+                    domain_name=f"sb-{self.name}-{node.name}",
+                    accel=accel,
+                    vcpus=node.vcpus,
+                    memory_mib=node.memory_mib,
+                    kernel=str(self.image.kernel),
+                    initrd=str(self.image.initrd),
+                    disk=str(self._run_dir / f"{node.name}.qcow2"),
+                    console_log=str(logs / f"{node.name}.console.log"),
+                    ssh_port=ssh_port(slot, i),
+                    mgmt_mac=_mac(0, slot, i, 0),
+                    ssh_pubkey_b64=pubkey,
+                    nics=nics[node.name],
+                )
+            )
         return specs
 
     def up(self) -> LabState:
@@ -188,7 +214,8 @@ class Lab:
 
         t0 = time.monotonic()
         self.image = cached_image(self.config.image) or build_image(
-            self.config.image, progress=self.progress)
+            self.config.image, progress=self.progress
+        )
         self._conn = connect()
         accel = self.requested_accel or decide_accel(self.image, progress=self.progress)
         self._slot = allocate_slot(self.name, len(self.config.nodes))
@@ -198,29 +225,68 @@ class Lab:
         key_path = self._run_dir / "id_ed25519"
         pubkey = generate_key(key_path)
         self.state = LabState(
-            lab=self.name, run_id=run_id, slot=self._slot.number, accel=accel,
-            image=self.image.name, image_digest=self.image.digest, run_dir=str(self._run_dir),
-            key_path=str(key_path), owner_pid=os.getpid(),
-            config_path=self.config.source_path, created=time.time(), nodes=[],
+            lab=self.name,
+            run_id=run_id,
+            slot=self._slot.number,
+            accel=accel,
+            image=self.image.name,
+            image_digest=self.image.digest,
+            run_dir=str(self._run_dir),
+            key_path=str(key_path),
+            owner_pid=os.getpid(),
+            config_path=self.config.source_path,
+            created=time.time(),
+            nodes=[],
         )
         specs = self._node_specs(self._slot.number, accel, pubkey)
         for spec in specs:
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
-                            str(self.image.rootfs), spec.disk], check=True)
-            self.state.nodes.append(NodeState(
-                name=spec.node, domain=spec.domain_name, ssh_port=spec.ssh_port,
-                console_log=spec.console_log, vcpus=spec.vcpus, memory_mib=spec.memory_mib,
-                nics=[{"name": n.name, "link": n.link, "address": n.address, "mac": n.mac,
-                       "model": n.model, "mtu": n.mtu} for n in spec.nics],
-            ))
+            subprocess.run(
+                [
+                    "qemu-img",
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-F",
+                    "raw",
+                    "-b",
+                    str(self.image.rootfs),
+                    spec.disk,
+                ],
+                check=True,
+            )
+            self.state.nodes.append(
+                NodeState(
+                    name=spec.node,
+                    domain=spec.domain_name,
+                    ssh_port=spec.ssh_port,
+                    console_log=spec.console_log,
+                    vcpus=spec.vcpus,
+                    memory_mib=spec.memory_mib,
+                    nics=[
+                        {
+                            "name": n.name,
+                            "link": n.link,
+                            "address": n.address,
+                            "mac": n.mac,
+                            "model": n.model,
+                            "mtu": n.mtu,
+                        }
+                        for n in spec.nics
+                    ],
+                )
+            )
         self.state.save()
-        self.progress(f"lab {self.name}: starting {len(specs)} node(s) on {accel.upper()} "
-                      f"(slot {self._slot.number})")
+        self.progress(
+            f"lab {self.name}: starting {len(specs)} node(s) on {accel.upper()} "
+            f"(slot {self._slot.number})"
+        )
         started: dict[str, float] = {}
         for spec in specs:
             with self._lock:
                 self._domains[spec.node] = self._conn.createXML(
-                    domain_xml(spec), libvirt.VIR_DOMAIN_START_AUTODESTROY)
+                    domain_xml(spec), libvirt.VIR_DOMAIN_START_AUTODESTROY
+                )
             started[spec.node] = time.monotonic()
         deadline = time.monotonic() + boot_timeout(accel, len(specs))
 
@@ -229,8 +295,9 @@ class Lab:
             guest.wait_ready(deadline, Path(node.console_log))
             node.boot_seconds = round(time.monotonic() - started[node.name], 2)
             self._guests[node.name] = guest
-            self.progress(f"  {node.name}: SSH ready in {node.boot_seconds:.1f} s "
-                          f"(127.0.0.1:{node.ssh_port})")
+            self.progress(
+                f"  {node.name}: SSH ready in {node.boot_seconds:.1f} s (127.0.0.1:{node.ssh_port})"
+            )
             guest.deploy()
 
         self._parallel(ready, self.state.nodes)
@@ -272,10 +339,8 @@ class Lab:
             self._parallel(destroy_domain, domains)
         finally:
             if self._conn is not None:
-                try:
+                with contextlib.suppress(libvirt.libvirtError):
                     self._conn.close()
-                except libvirt.libvirtError:
-                    pass
                 self._conn = None
             if self._run_dir is not None:
                 shutil.rmtree(self._run_dir, ignore_errors=True)
@@ -292,8 +357,11 @@ class Lab:
 
     def __exit__(self, *exc) -> None:
         # Teardown must not be cut short by a second Ctrl-C or a SIGTERM.
-        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)
-               } if threading.current_thread() is threading.main_thread() else {}
+        old = (
+            {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+            if threading.current_thread() is threading.main_thread()
+            else {}
+        )
         try:
             self.down()
         finally:

@@ -23,13 +23,24 @@ def _pct(value) -> str:
 
 def results_table(data: dict) -> Table:
     meta = data["metadata"]
-    title = (f"stackbed · lab {meta['lab']} · {meta['accel'].upper()} · "
-             f"{meta['host']['qemu']} · guest kernel {meta['guest_kernel']}")
+    title = (
+        f"stackbed · lab {meta['lab']} · {meta['accel'].upper()} · "
+        f"{meta['host']['qemu']} · guest kernel {meta['guest_kernel']}"
+    )
     table = Table(title=title, title_justify="left")
-    for col, justify in (("experiment", "left"), ("type", "left"), ("path", "left"),
-                         ("Mbit/s", "right"), ("trans/s", "right"), ("p50 µs", "right"),
-                         ("p99 µs", "right"), ("client CPU", "right"), ("server CPU", "right"),
-                         ("host CPU", "right"), ("check", "left")):
+    for col, justify in (
+        ("experiment", "left"),
+        ("type", "left"),
+        ("path", "left"),
+        ("Mbit/s", "right"),
+        ("trans/s", "right"),
+        ("p50 µs", "right"),
+        ("p99 µs", "right"),
+        ("client CPU", "right"),
+        ("server CPU", "right"),
+        ("host CPU", "right"),
+        ("check", "left"),
+    ):
         table.add_column(col, justify=justify)
     for rec in data["results"]:
         s = rec["summary"] or {}
@@ -44,15 +55,26 @@ def results_table(data: dict) -> Table:
         else:
             check = "ok"
         path = "kernel (iperf3)" if rec["type"] == "iperf3" else rec["path"]
-        table.add_row(rec["experiment"], rec["type"], path, _fmt(s.get("mbit_per_s"), ".1f"),
-                      _fmt(s.get("transactions_per_s")), _fmt(p50), _fmt(p99),
-                      _pct(s.get("client_cpu")), _pct(s.get("server_cpu")),
-                      _pct(s.get("host_cpu")), check)
+        table.add_row(
+            rec["experiment"],
+            rec["type"],
+            path,
+            _fmt(s.get("mbit_per_s"), ".1f"),
+            _fmt(s.get("transactions_per_s")),
+            _fmt(p50),
+            _fmt(p99),
+            _pct(s.get("client_cpu")),
+            _pct(s.get("server_cpu")),
+            _pct(s.get("host_cpu")),
+            check,
+        )
     boots = ", ".join(f"{k} {v:.1f} s" for k, v in meta["boot_seconds"].items() if v is not None)
-    table.caption = (f"image {meta['image']['name']}-{meta['image']['digest']} · boot to SSH: "
-                     f"{boots} · commit {(meta['git_commit'] or 'unknown')[:10]}"
-                     f"{' (dirty)' if meta['git_dirty'] else ''} · "
-                     f"p50/p99 for ping are avg/max RTT")
+    table.caption = (
+        f"image {meta['image']['name']}-{meta['image']['digest']} · boot to SSH: "
+        f"{boots} · commit {(meta['git_commit'] or 'unknown')[:10]}"
+        f"{' (dirty)' if meta['git_dirty'] else ''} · "
+        f"p50/p99 for ping are avg/max RTT"
+    )
     return table
 
 
@@ -72,17 +94,34 @@ def plot(paths: list[Path], out: Path) -> Path:
     width = 0.8 / len(runs)
     for i, data in enumerate(runs):
         label = f"{data['metadata']['created']} ({data['metadata']['accel']})"
-        tp = [(r["experiment"], (r["summary"] or {}).get("mbit_per_s")) for r in data["results"]
-              if r["type"] in ("stream", "iperf3")]
-        lat = [(r["experiment"], (r["summary"] or {}).get("p50_us"),
-                (r["summary"] or {}).get("p99_us")) for r in data["results"] if r["type"] == "rr"]
-        ax_tp.bar([j + i * width for j in range(len(tp))], [v or 0 for _, v in tp], width,
-                  label=label)
+        tp = [
+            (r["experiment"], (r["summary"] or {}).get("mbit_per_s"))
+            for r in data["results"]
+            if r["type"] in ("stream", "iperf3")
+        ]
+        lat = [
+            (
+                r["experiment"],
+                (r["summary"] or {}).get("p50_us"),
+                (r["summary"] or {}).get("p99_us"),
+            )
+            for r in data["results"]
+            if r["type"] == "rr"
+        ]
+        ax_tp.bar(
+            [j + i * width for j in range(len(tp))], [v or 0 for _, v in tp], width, label=label
+        )
         ax_tp.set_xticks(range(len(tp)), [n for n, _ in tp], rotation=20)
         xs = [j + i * width for j in range(len(lat))]
         ax_lat.bar(xs, [p or 0 for _, p, _ in lat], width, label=f"p50 {label}")
-        ax_lat.scatter(xs, [q or 0 for _, _, q in lat], marker="_", s=200, color="k",
-                       label="p99" if i == 0 else None)
+        ax_lat.scatter(
+            xs,
+            [q or 0 for _, _, q in lat],
+            marker="_",
+            s=200,
+            color="k",
+            label="p99" if i == 0 else None,
+        )
         ax_lat.set_xticks(range(len(lat)), [n for n, _, _ in lat], rotation=20)
     ax_tp.set_ylabel("Mbit/s")
     ax_tp.set_title("Stream throughput")

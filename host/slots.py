@@ -91,5 +91,7 @@ def allocate_slot(lab: str, nodes: int) -> Slot:
             os.write(fd, f"{lab} {os.getpid()}\n".encode())
             return Slot(number, lab, path, fd)
         os.close(fd)
-    raise SlotError(f"no free lab slot: all {MAX_SLOT} are taken or their ports are in use; "
-                    f"`invoke lab.sweep` removes what stopped labs left")
+    raise SlotError(
+        f"no free lab slot: all {MAX_SLOT} are taken or their ports are in use; "
+        f"`invoke lab.sweep` removes what stopped labs left"
+    )

@@ -32,7 +32,9 @@ def generate_key(path: Path) -> str:
     """Write a new ed25519 private key (OpenSSH format, 0600) and return the public key's base64."""
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
     )
     path.touch(mode=0o600)
     path.write_bytes(pem)
@@ -92,9 +94,11 @@ class Guest:
             time.sleep(0.2)
         hint = ""
         if console_log is not None:
-            tail = console_log.read_text(errors="replace").splitlines()[-15:] if (
-                console_log.exists()
-            ) else ["(no console output yet)"]
+            tail = (
+                console_log.read_text(errors="replace").splitlines()[-15:]
+                if (console_log.exists())
+                else ["(no console output yet)"]
+            )
             hint = f"\nconsole log {console_log}, last lines:\n  " + "\n  ".join(tail)
         raise GuestError(
             f"guest {self.name} not reachable by SSH on 127.0.0.1:{self.port} in time"
@@ -107,10 +111,15 @@ class Guest:
                 client = paramiko.SSHClient()
                 client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
                 client.connect(
-                    self.host, port=self.port, username="root",
+                    self.host,
+                    port=self.port,
+                    username="root",
                     pkey=paramiko.Ed25519Key.from_private_key_file(str(self.key_path)),
-                    timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-                    allow_agent=False, look_for_keys=False,
+                    timeout=timeout,
+                    banner_timeout=timeout,
+                    auth_timeout=timeout,
+                    allow_agent=False,
+                    look_for_keys=False,
                 )
                 client.get_transport().set_keepalive(15)
                 self._client = client
@@ -122,8 +131,9 @@ class Guest:
                 self._client.close()
                 self._client = None
 
-    def run(self, command: str, timeout: float = 120.0, stdin: bytes | None = None
-            ) -> CommandResult:
+    def run(
+        self, command: str, timeout: float = 120.0, stdin: bytes | None = None
+    ) -> CommandResult:
         """Run a command to completion; stdout/stderr are collected whole."""
         return self.start(command, stdin=stdin).wait(timeout)
 
@@ -141,10 +151,13 @@ class Guest:
         """Copy the guest package to GUEST_DIR in one round trip (a tarball on stdin)."""
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            tar.add(src, arcname="guest",
-                    filter=lambda ti: None if "__pycache__" in ti.name else ti)
-        self.run(f"rm -rf {GUEST_DIR}/guest && mkdir -p {GUEST_DIR} && "
-                 f"tar -xzf - -C {GUEST_DIR}", stdin=buf.getvalue()).check()
+            tar.add(
+                src, arcname="guest", filter=lambda ti: None if "__pycache__" in ti.name else ti
+            )
+        self.run(
+            f"rm -rf {GUEST_DIR}/guest && mkdir -p {GUEST_DIR} && tar -xzf - -C {GUEST_DIR}",
+            stdin=buf.getvalue(),
+        ).check()
 
 
 class RunningCommand:
@@ -157,19 +170,27 @@ class RunningCommand:
         self.chan.settimeout(timeout)
         out, err = io.BytesIO(), io.BytesIO()
         deadline = time.monotonic() + timeout
-        while not (self.chan.exit_status_ready() and not self.chan.recv_ready()
-                   and not self.chan.recv_stderr_ready()):
+        while not (
+            self.chan.exit_status_ready()
+            and not self.chan.recv_ready()
+            and not self.chan.recv_stderr_ready()
+        ):
             if self.chan.recv_ready():
                 out.write(self.chan.recv(65536))
             elif self.chan.recv_stderr_ready():
                 err.write(self.chan.recv_stderr(65536))
             elif time.monotonic() > deadline:
                 self.chan.close()
-                raise GuestError(f"{self.guest}: `{self.command}` did not finish in "
-                                 f"{timeout:.0f} s")
+                raise GuestError(
+                    f"{self.guest}: `{self.command}` did not finish in {timeout:.0f} s"
+                )
             else:
                 time.sleep(0.01)
         status = self.chan.recv_exit_status()
         self.chan.close()
-        return CommandResult(self.command, status, out.getvalue().decode(errors="replace"),
-                             err.getvalue().decode(errors="replace"))
+        return CommandResult(
+            self.command,
+            status,
+            out.getvalue().decode(errors="replace"),
+            err.getvalue().decode(errors="replace"),
+        )

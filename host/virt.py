@@ -66,8 +66,9 @@ def domain_tag(dom: libvirt.virDomain) -> Tag | None:
     return Tag(el.get("name", ""), el.get("run", ""), el.get("node", ""))
 
 
-def tagged_domains(conn: libvirt.virConnect, lab: str | None = None, run: str | None = None
-                   ) -> list[tuple[libvirt.virDomain, Tag]]:
+def tagged_domains(
+    conn: libvirt.virConnect, lab: str | None = None, run: str | None = None
+) -> list[tuple[libvirt.virDomain, Tag]]:
     out = []
     for dom in conn.listAllDomains():
         tag = domain_tag(dom)

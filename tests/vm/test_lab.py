@@ -46,9 +46,16 @@ def test_ping_across_the_e1000_link(lab):
 def test_kernel_stream_is_byte_identical_at_both_ends(lab):
     ip = _server_ip(lab)
     sink = lab.guest("b").start(_traffic("sink", f"--path kernel --bind {ip} --port 6001"))
-    source = _result(lab.guest("a").run(
-        _traffic("source", f"--path kernel --peer {ip} --port 6001 --bytes {STREAM_BYTES} "
-                           "--seed 42 --msg-size 50000"), timeout=180))
+    source = _result(
+        lab.guest("a").run(
+            _traffic(
+                "source",
+                f"--path kernel --peer {ip} --port 6001 --bytes {STREAM_BYTES} "
+                "--seed 42 --msg-size 50000",
+            ),
+            timeout=180,
+        )
+    )
     received = _result(sink.wait(timeout=60))
     expected = hashlib.sha256(bytes(Pattern(42, STREAM_BYTES).window(0, STREAM_BYTES))).hexdigest()
     assert source["bytes"] == received["bytes"] == STREAM_BYTES
@@ -58,11 +65,17 @@ def test_kernel_stream_is_byte_identical_at_both_ends(lab):
 
 def test_kernel_request_response(lab):
     ip = _server_ip(lab)
-    server = lab.guest("b").start(_traffic("rr-server", f"--bind {ip} --port 6002 "
-                                                        "--req-size 100 --resp-size 2000"))
-    client = _result(lab.guest("a").run(
-        _traffic("rr-client", f"--peer {ip} --port 6002 --count 300 --req-size 100 "
-                              "--resp-size 2000"), timeout=120))
+    server = lab.guest("b").start(
+        _traffic("rr-server", f"--bind {ip} --port 6002 --req-size 100 --resp-size 2000")
+    )
+    client = _result(
+        lab.guest("a").run(
+            _traffic(
+                "rr-client", f"--peer {ip} --port 6002 --count 300 --req-size 100 --resp-size 2000"
+            ),
+            timeout=120,
+        )
+    )
     served = _result(server.wait(timeout=60))
     assert client["transactions"] == served["transactions"] == 300
     lat = client["latency_us"]

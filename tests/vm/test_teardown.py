@@ -32,7 +32,10 @@ def _wait_clean(lab: str, ports: list[int], run_dir: str, timeout: float = 60) -
 def _start_keeper(name: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "host.keeper", str(DEFAULT_CONFIG), "--name", name],
-        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
     )
 
@@ -86,14 +89,21 @@ def test_sigkilled_owner_leaves_nothing_behind():
     assert _wait_clean(name, ports, state.run_dir, timeout=60) == {}
 
 
-@pytest.mark.parametrize("broken", ["link_missing_node.yaml", "yaml_syntax_error.yaml",
-                                    "address_outside_bench_range.yaml"])
+@pytest.mark.parametrize(
+    "broken",
+    ["link_missing_node.yaml", "yaml_syntax_error.yaml", "address_outside_bench_range.yaml"],
+)
 def test_broken_config_stops_before_anything_starts(broken):
     path = BROKEN / broken
     assert path.exists(), f"fixture {path} is gone"
     before = domains_of_all()
-    proc = subprocess.run([sys.executable, "-m", "invoke", "bench", "--config", str(path)],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "bench", "--config", str(path)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"{path}:" in proc.stdout.replace("\n", "")
     assert domains_of_all() == before
@@ -112,12 +122,28 @@ def domains_of_all() -> set[str]:
 def test_bench_reports_kernel_path_beside_iperf3(tmp_path):
     """The whole bench pipe on a short config: JSON with metadata, integrity checked."""
     cfg = tmp_path / "short.yaml"
-    cfg.write_text(DEFAULT_CONFIG.read_text().replace("duration_s: 10", "duration_s: 2")
-                   .replace("duration_s: 5", "duration_s: 2")
-                   .replace("lab: default", f"lab: {unique_lab_name('tb')}"))
-    proc = subprocess.run([sys.executable, "-m", "invoke", "bench", "--config", str(cfg),
-                           "--out", str(tmp_path / "results")],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    cfg.write_text(
+        DEFAULT_CONFIG.read_text()
+        .replace("duration_s: 10", "duration_s: 2")
+        .replace("duration_s: 5", "duration_s: 2")
+        .replace("lab: default", f"lab: {unique_lab_name('tb')}")
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "bench",
+            "--config",
+            str(cfg),
+            "--out",
+            str(tmp_path / "results"),
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "results" / "latest.json").read_text())
     meta = data["metadata"]
@@ -129,4 +155,3 @@ def test_bench_reports_kernel_path_beside_iperf3(tmp_path):
     assert by_name["iperf3"]["summary"]["mbit_per_s"] > 0
     assert by_name["kernel-rr"]["summary"]["p50_us"] > 0
     assert "kernel-stream" in proc.stdout and "iperf3" in proc.stdout
-
