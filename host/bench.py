@@ -172,25 +172,39 @@ def run_rr(t: Target) -> dict:
     }
 
 
+def wait_listening(guest: Guest, port: int, timeout: float = 30.0) -> None:
+    """Wait inside the guest until something listens on TCP `port` (one SSH round trip)."""
+    tries = int(timeout / 0.1)
+    r = guest.run(
+        f'for i in $(seq {tries}); do ss -Hltn "sport = :{port}" | grep -q . && exit 0; '
+        f"sleep 0.1; done; exit 1",
+        timeout=timeout + 30,
+    )
+    if r.exit_status != 0:
+        raise BenchError(f"{guest.name}: nothing listens on port {port} after {timeout:.0f} s")
+
+
 def run_iperf3(t: Target) -> dict:
     e = t.exp
-    srv = t.server.start(f"exec iperf3 -s -1 -J -B {t.server_ip} -p {t.port}")
+    seconds = max(1, round(e.duration_s))
+    # `timeout` bounds the server even if no client ever reaches it.
+    srv = t.server.start(
+        f"exec timeout {seconds + 90} iperf3 -s -1 -J -B {t.server_ip} -p {t.port}"
+    )
+    wait_listening(t.server, t.port)
     cpu0 = host_cpu_times()
-    try:
-        cli = None
-        for _ in range(20):  # the server needs a moment to listen
-            cli = t.client.run(
-                f"iperf3 -c {t.server_ip} -p {t.port} -t {max(1, round(e.duration_s))} -J",
-                timeout=e.duration_s + 60,
-            )
-            if cli.exit_status == 0:
-                break
-            time.sleep(0.3)
-    finally:
-        srv_result = srv.wait(timeout=60)
+    cli = t.client.run(
+        f"iperf3 -c {t.server_ip} -p {t.port} -t {seconds} -J", timeout=e.duration_s + 60
+    )
     host_cpu = host_cpu_since(cpu0)
-    if cli is None or cli.exit_status != 0:
-        raise BenchError(f"iperf3 client failed: {cli.stdout[-400:] if cli else ''}")
+    if cli.exit_status != 0:
+        t.server.run(f"pkill -f 'iperf3 -s -1 -J -B {t.server_ip} -p {t.port}'")
+        srv.wait(timeout=30)
+        raise BenchError(
+            f"iperf3 client failed (exit {cli.exit_status}): "
+            f"{(cli.stdout + cli.stderr).strip()[-400:]}"
+        )
+    srv_result = srv.wait(timeout=60)
     data = json.loads(cli.stdout)
     end = data["end"]
     return {
