@@ -1,0 +1,50 @@
+"""Sans-I/O TCP: a connection state machine that takes segments and time and returns segments
+and events (RFC 9293, 5681, 6582, 6298, 7323, 2018, 5961, 6528).
+
+The public surface is re-exported here; `sim` (an event-driven lossy-link simulator used by the
+tests and benchmarks) is imported explicitly by those who need it.
+"""
+
+from .config import TcpConfig
+from .connection import TcpConnection, TcpStateError
+from .events import (
+    TERMINAL_EVENTS,
+    Closed,
+    Connected,
+    ConnectionFailed,
+    DataReceived,
+    Error,
+    Event,
+    PeerClosed,
+    Reset,
+    SendSpaceAvailable,
+)
+from .isn import IsnGenerator, rfc6528_isn, timestamp_offset
+from .listener import ListenResult, TcpListener
+from .reset import reset_for
+from .state import TcpState
+from .stats import TcpStats
+
+__all__ = [
+    "TERMINAL_EVENTS",
+    "Closed",
+    "Connected",
+    "ConnectionFailed",
+    "DataReceived",
+    "Error",
+    "Event",
+    "IsnGenerator",
+    "ListenResult",
+    "PeerClosed",
+    "Reset",
+    "SendSpaceAvailable",
+    "TcpConfig",
+    "TcpConnection",
+    "TcpListener",
+    "TcpState",
+    "TcpStateError",
+    "TcpStats",
+    "reset_for",
+    "rfc6528_isn",
+    "timestamp_offset",
+]

@@ -1,0 +1,104 @@
+"""Per-connection tunables.
+
+One frozen dataclass so that a listener can hand the same settings to every child connection,
+and so that benchmarks can state exactly what they ran with. Defaults follow Linux where the
+RFCs leave room (min RTO 200 ms, delayed ACK 40 ms, IW10) because the testbed compares the
+stack against Linux; each field names the rule it tunes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Smallest send MSS accepted from a peer; Linux clamps to 48 (`tcp_min_snd_mss`) so that a
+#: hostile tiny MSS cannot turn one write into thousands of segments.
+MIN_MSS = 48
+
+
+@dataclass(frozen=True, slots=True)
+class TcpConfig:
+    """Settings of one connection (or of every connection a listener creates)."""
+
+    #: MSS we announce and the largest segment payload we send (RFC 9293 section 3.7.1: MMS_R
+    #: and MMS_S minus the 20-byte TCP header); the stack derives it from the MTU.
+    mss: int = 1460
+    #: Send MSS assumed when the peer's SYN has no MSS option (RFC 9293 3.7.1: 536 for IPv4).
+    default_peer_mss: int = 536
+    send_buffer_size: int = 256 * 1024
+    recv_buffer_size: int = 256 * 1024
+    #: RFC 7323 section 2: offer window scaling; the shift is derived from `recv_buffer_size`.
+    window_scaling: bool = True
+    #: RFC 7323 sections 3-5: offer timestamps (RTTM and PAWS).
+    timestamps: bool = True
+    #: RFC 7323 section 5: reject segments whose TSval went backwards.
+    paws: bool = True
+    #: RFC 2018: offer SACK-permitted, send SACK blocks, use received blocks when retransmitting.
+    sack: bool = True
+    #: Disable Nagle's algorithm (RFC 9293 section 3.7.4); on by default because the benchmarks
+    #: measure request/response latency.
+    nodelay: bool = True
+    #: RFC 9293 section 3.8.6.3 / RFC 5681 section 4.2 delayed acknowledgments.
+    delayed_ack: bool = True
+    delayed_ack_timeout: float = 0.040
+    #: Acknowledge a segment carrying PSH at once instead of delaying the ACK.
+    quickack_on_psh: bool = False
+    #: Initial congestion window in segments (RFC 6928 IW10; RFC 5681 allows 2-4).
+    initial_window: int = 10
+    #: RFC 3042 limited transmit on the first two duplicate ACKs.
+    limited_transmit: bool = True
+    #: RFC 5681 section 4.1: restart from the initial window after an idle period of one RTO.
+    slow_start_after_idle: bool = True
+    #: RFC 6298 section 2.1 initial RTO; 2.4 lower bound (RFC: 1 s, Linux: 200 ms); upper bound
+    #: (RFC 6298 section 2.5 requires at least 60 s).
+    initial_rto: float = 1.0
+    min_rto: float = 0.200
+    max_rto: float = 60.0
+    #: Clock granularity G of RFC 6298 section 2.
+    clock_granularity: float = 0.001
+    #: RFC 6298 section 5.7: RTO used once the handshake completes if the SYN was retransmitted
+    #: and no RTT sample exists.
+    rto_after_syn_loss: float = 3.0
+    #: Retransmissions of SYN / SYN-ACK before the connection fails (Linux tcp_syn_retries).
+    syn_retries: int = 6
+    #: Consecutive RTO expirations without progress before the connection fails (RFC 9293
+    #: section 3.8.3 "R2"; Linux tcp_retries2).
+    data_retries: int = 15
+    #: Maximum segment lifetime; TIME-WAIT lasts 2 * msl (RFC 9293 section 3.4.2).
+    msl: float = 30.0
+    #: Ignore RSTs in TIME-WAIT (RFC 1337); off by default like Linux (tcp_rfc1337=0), which
+    #: follows RFC 9293 section 3.10.7.4 and lets an RST end TIME-WAIT early.
+    rfc1337: bool = False
+    #: RFC 9293 section 3.8.4 keep-alive: idle time before the first probe (None: disabled).
+    keepalive_idle: float | None = None
+    keepalive_interval: float = 75.0
+    keepalive_probes: int = 9
+    #: RFC 5961 section 7: at most this many challenge ACKs per second on one connection.
+    challenge_ack_limit: int = 10
+    #: Minimum interval between ACKs answering unacceptable segments without data (Linux
+    #: tcp_invalid_ratelimit), which breaks ACK loops between confused peers.
+    invalid_ack_interval: float = 0.5
+
+    def __post_init__(self) -> None:
+        """Reject settings that would make the state machine misbehave rather than fail later."""
+        if self.mss < MIN_MSS or self.mss > 65535:
+            raise ValueError(f"mss must be in [{MIN_MSS}, 65535], got {self.mss}")
+        if self.default_peer_mss < MIN_MSS:
+            raise ValueError("default_peer_mss too small")
+        if self.send_buffer_size < 1 or self.recv_buffer_size < 1:
+            raise ValueError("buffer sizes must be positive")
+        if self.recv_buffer_size > (65535 << 14):
+            raise ValueError("recv_buffer_size exceeds what window scaling can advertise")
+        if not 0 < self.min_rto <= self.max_rto:
+            raise ValueError("need 0 < min_rto <= max_rto")
+        if not self.min_rto <= self.initial_rto <= self.max_rto:
+            raise ValueError("initial_rto must lie within [min_rto, max_rto]")
+        if self.initial_window < 1:
+            raise ValueError("initial_window must be at least one segment")
+        if self.msl < 0 or self.delayed_ack_timeout <= 0:
+            raise ValueError("timers must be positive")
+        if self.syn_retries < 0 or self.data_retries < 1:
+            raise ValueError("retry limits must be positive")
+        if self.keepalive_idle is not None and (
+            self.keepalive_idle <= 0 or self.keepalive_interval <= 0 or self.keepalive_probes < 1
+        ):
+            raise ValueError("keep-alive timers must be positive")

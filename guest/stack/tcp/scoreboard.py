@@ -1,0 +1,87 @@
+"""The sender's record of SACKed sequence ranges (RFC 2018 section 5; RFC 6675 section 3).
+
+The connection uses it to avoid resending what the peer already holds: retransmissions are cut
+at the next SACKed range, and after a timeout the go-back-N resend skips SACKed ranges (RFC 6675
+section 5.1 keeps the scoreboard across an RTO). Sequence numbers are the connection's
+unbounded integers.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+
+class SackScoreboard:
+    """Disjoint, sorted, merged ranges [start, end) above SND.UNA that the peer reported."""
+
+    __slots__ = ("_ends", "_starts")
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._starts)
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """The SACKed ranges, lowest first."""
+        return list(zip(self._starts, self._ends, strict=True))
+
+    @property
+    def highest(self) -> int | None:
+        """End of the highest SACKed range (RFC 6675 HighACK's counterpart)."""
+        return self._ends[-1] if self._ends else None
+
+    @property
+    def sacked_bytes(self) -> int:
+        """Total bytes covered."""
+        return sum(e - s for s, e in zip(self._starts, self._ends, strict=True))
+
+    def add(self, start: int, end: int, snd_una: int, snd_max: int) -> bool:
+        """Record one block; ignore blocks outside (SND.UNA, SND.MAX] (RFC 2018 section 8,
+        e.g. D-SACKs of RFC 2883). Return whether the block was used."""
+        if start < snd_una:
+            start = snd_una
+        if end > snd_max or start >= end:
+            return False
+        starts = self._starts
+        ends = self._ends
+        i = bisect_right(ends, start - 1)  # first range that ends at or after `start`
+        j = i
+        while j < len(starts) and starts[j] <= end:
+            start = min(start, starts[j])
+            end = max(end, ends[j])
+            j += 1
+        starts[i:j] = [start]
+        ends[i:j] = [end]
+        return True
+
+    def prune(self, snd_una: int) -> None:
+        """Forget what the cumulative ACK now covers."""
+        starts = self._starts
+        ends = self._ends
+        i = 0
+        while i < len(ends) and ends[i] <= snd_una:
+            i += 1
+        if i:
+            del starts[:i]
+            del ends[:i]
+        if starts and starts[0] < snd_una:
+            starts[0] = snd_una
+
+    def sacked_end_at(self, seq: int) -> int | None:
+        """If `seq` lies inside a SACKed range, the end of that range."""
+        i = bisect_right(self._starts, seq) - 1
+        if i >= 0 and seq < self._ends[i]:
+            return self._ends[i]
+        return None
+
+    def next_sacked_start(self, seq: int) -> int | None:
+        """Start of the first SACKed range beginning after `seq` (where a hole ends)."""
+        i = bisect_right(self._starts, seq)
+        return self._starts[i] if i < len(self._starts) else None
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._starts.clear()
+        self._ends.clear()
