@@ -66,9 +66,7 @@ def probe_kvm(image: Image, progress: Callable[[str], None]) -> tuple[bool, str]
     )
     t0 = time.monotonic()
     try:
-        with Lab(
-            config, name=f"accel-probe-{os.getpid()}", accel="kvm", progress=lambda _m: None
-        ) as lab:
+        with Lab(config, name="accel-probe", accel="kvm", progress=lambda _m: None) as lab:
             state = lab.up()
             clock = (
                 lab.guest("probe")

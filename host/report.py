@@ -123,6 +123,8 @@ def plot(paths: list[Path], out: Path) -> Path:
             label="p99" if i == 0 else None,
         )
         ax_lat.set_xticks(range(len(lat)), [n for n, _, _ in lat], rotation=20)
+    for ax in (ax_tp, ax_lat):
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.3)  # room for the legend above the bars
     ax_tp.set_ylabel("Mbit/s")
     ax_tp.set_title("Stream throughput")
     ax_lat.set_ylabel("µs")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 
 import pytest
 
 from host.config import load_lab
 from host.lab import Lab
-from host.paths import PROJECT_ROOT
+from host.paths import PROJECT_ROOT, console_log_dir
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
 
@@ -26,8 +27,21 @@ def _needs_root():
         pytest.skip("VM tests need root (qemu:///system)")
 
 
+_made: list[str] = []
+
+
 def unique_lab_name(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+    """A lab name no other run uses; its console logs are removed when the session ends."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    _made.append(name)
+    return name
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_console_logs():
+    yield
+    for name in _made:
+        shutil.rmtree(console_log_dir(name), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
