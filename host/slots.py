@@ -44,7 +44,7 @@ def link_port(link_index: int) -> int:
     return LINK_PORT_BASE + link_index
 
 
-def _tcp_port_free(port: int) -> bool:
+def tcp_port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         # SO_REUSEADDR as QEMU's hostfwd sets it: TIME_WAIT leftovers of closed SSH sessions
         # do not make a port busy, only a socket still bound to it does.
@@ -86,7 +86,7 @@ def allocate_slot(lab: str, nodes: int) -> Slot:
         except BlockingIOError:
             os.close(fd)
             continue
-        if all(_tcp_port_free(ssh_port(number, n)) for n in range(nodes)):
+        if all(tcp_port_free(ssh_port(number, n)) for n in range(nodes)):
             os.ftruncate(fd, 0)
             os.write(fd, f"{lab} {os.getpid()}\n".encode())
             return Slot(number, lab, path, fd)

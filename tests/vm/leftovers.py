@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
 
 from host.paths import labs_dir
+from host.slots import tcp_port_free
 from host.virt import connect, tagged_domains
 
 
@@ -28,24 +28,12 @@ def guardian_processes_of(run_dir: str) -> list[str]:
     return [line for line in out.splitlines() if "host.guardian" in line and run_dir in line]
 
 
-def port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # SO_REUSEADDR as QEMU's hostfwd sets it: TIME_WAIT leftovers of closed SSH sessions
-        # do not make a port busy, only a socket still bound to it does.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
 def leftovers(lab: str, ports: list[int], run_dir: str | None = None) -> dict[str, list]:
     """Everything still there for `lab`; an empty dict means a clean host."""
     found = {
         "domains": domains_of(lab),
         "qemu": qemu_processes_of(lab),
-        "ports": [p for p in ports if port_in_use(p)],
+        "ports": [p for p in ports if not tcp_port_free(p)],
         "run_dir": [str(labs_dir() / lab)] if (labs_dir() / lab).exists() else [],
         "guardians": guardian_processes_of(run_dir or str(labs_dir() / lab)),
         "overlays": [str(p) for p in Path(run_dir or labs_dir() / lab).glob("*.qcow2")],
