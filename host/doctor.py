@@ -24,6 +24,7 @@ APT_PACKAGES = [
     "openssh-client",
     "iproute2",
     "iperf3",
+    "ethtool",
     "pkg-config",
 ]
 PY_MODULES = [
