@@ -334,10 +334,11 @@ def metadata(config: LabConfig, state: LabState, image_manifest: dict) -> dict:
             "libvirt": f"{lv // 1000000}.{lv // 1000 % 1000}.{lv % 1000}",
         },
         "image": {
-            "name": image_manifest["name"],
-            "digest": image_manifest["digest"],
-            "kernel_version": image_manifest["kernel_version"],
-            "python_version": image_manifest["python_version"],
+            # The lab records what it booted; the manifest (if still cached) adds versions.
+            "name": state.image,
+            "digest": state.image_digest,
+            "kernel_version": image_manifest.get("kernel_version"),
+            "python_version": image_manifest.get("python_version"),
         },
         "guest_kernel": state.guest_kernel,
         "lab": state.lab,
