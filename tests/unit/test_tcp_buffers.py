@@ -135,3 +135,17 @@ def test_scoreboard_merges_and_prunes() -> None:
     assert sb.ranges() == [(450, 500), (700, 800)]
     sb.prune(900)
     assert not sb
+
+
+def test_scoreboard_loss_boundary() -> None:
+    """RFC 6675 IsLost(): more than 2 SMSS SACKed above, or three ranges above."""
+    sb = SackScoreboard()
+    sb.add(3000, 4000, 0, 10_000)
+    assert sb.lost_boundary(1000) is None
+    sb.add(5000, 6500, 0, 10_000)
+    assert sb.lost_boundary(1000) == 3000  # 2500 bytes above 2999 > 2000
+    sb2 = SackScoreboard()
+    for lo in (1000, 3000, 5000):
+        sb2.add(lo, lo + 10, 0, 10_000)
+    assert sb2.lost_boundary(1000) == 1000  # three discontiguous ranges
+    assert sb2.sacked_between(0, 3005) == 15

@@ -143,3 +143,64 @@ def test_limited_transmit_sends_new_data_on_first_dup_acks() -> None:
     c.receive_segment(seg(SERVER_ISN + 1, una), 0.05)  # first duplicate
     out = c.poll(0.05)
     assert [s.seq - una for s in out] == [2000]  # RFC 3042: one new segment
+
+
+def test_sack_recovery_repairs_several_holes_in_one_rtt() -> None:
+    """RFC 6675: with SACK, all holes the scoreboard shows lost go out at once, paced by pipe
+    (NewReno without SACK would need one RTT per hole)."""
+    cfg = TcpConfig(timestamps=False, window_scaling=False, delayed_ack=False, mss=1000)
+    c = open_client(cfg, sack_permitted=True)
+    una = CLIENT_ISN + 1
+    c.send(bytes(20_000))
+    assert len(c.poll(0.0)) == 10
+    now = 0.05
+    c.receive_segment(seg(SERVER_ISN + 1, una + 1000), now)  # segment 0 arrived
+    sacks: list[tuple[int, int]] = []
+    # Segments 1, 4 and 7 were lost; the others arrive and are SACKed.
+    for lo, hi in ((2000, 4000), (5000, 7000), (8000, 10000)):
+        sacks.insert(0, (una + lo, una + hi))
+        c.receive_segment(seg(SERVER_ISN + 1, una + 1000, sack_blocks=tuple(sacks)), now)
+    out = c.poll(now)
+    rel = [s.seq - una for s in out]
+    # Both holes with more than 2*SMSS SACKed above them go out in one burst; the hole at
+    # 7000 has only 2000 SACKed bytes above it and is not deemed lost yet (IsLost()).
+    assert rel[:2] == [1000, 4000]
+    assert c._cc.in_recovery and c._cc.sack_mode
+    assert all(r >= 10_000 for r in rel[2:])  # then new data as pipe allows
+    assert rel[2:]
+    # Both retransmissions and the new data arrive: partial ACK to 7000, new SACK above.
+    now += 0.05
+    c.receive_segment(seg(SERVER_ISN + 1, una + 7000, sack_blocks=((una + 8000, c.snd_max),)), now)
+    out = c.poll(now)
+    assert out[0].seq - una == 7000
+    assert c.stats.retransmits_fast == 3 and c.stats.timeouts == 0
+    # Recovery ends with the ACK beyond the recovery point.
+    c.receive_segment(seg(SERVER_ISN + 1, c.snd_max), now + 0.05)
+    assert not c._cc.in_recovery
+
+
+def test_sack_loss_detection_without_three_dup_acks() -> None:
+    """Two of the three duplicate ACKs were lost, but the SACK blocks of the one that
+    arrived already show the head as lost (RFC 6675 IsLost)."""
+    cfg = TcpConfig(timestamps=False, window_scaling=False, delayed_ack=False, mss=1000)
+    c = open_client(cfg, sack_permitted=True)
+    una = CLIENT_ISN + 1
+    c.send(bytes(10_000))
+    c.poll(0.0)
+    c.receive_segment(seg(SERVER_ISN + 1, una, sack_blocks=((una + 1000, una + 5000),)), 0.05)
+    out = c.poll(0.05)
+    assert out[0].seq == una and c.stats.fast_recoveries == 1
+
+
+def test_sack_recovery_can_be_disabled() -> None:
+    cfg = TcpConfig(
+        timestamps=False, window_scaling=False, delayed_ack=False, mss=1000, sack_recovery=False
+    )
+    c = open_client(cfg, sack_permitted=True)
+    una = CLIENT_ISN + 1
+    c.send(bytes(10_000))
+    c.poll(0.0)
+    for hi in (2000, 3000, 4000):
+        c.receive_segment(seg(SERVER_ISN + 1, una, sack_blocks=((una + 1000, una + hi),)), 0.05)
+    out = c.poll(0.05)
+    assert out[0].seq == una and c._cc.in_recovery and not c._cc.sack_mode

@@ -214,7 +214,8 @@ def test_keepalive_probes_then_gives_up() -> None:
     for _ in range(3):
         assert len(c.poll(now)) == 1
         now = c.next_timeout()
-    assert c.poll(now) == []
+    (rst,) = c.poll(now)
+    assert letters(rst) == "R"
     assert c.events() == [ConnectionFailed("connection timed out (keep-alive)")]
 
 

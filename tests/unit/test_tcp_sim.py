@@ -169,3 +169,55 @@ def test_throughput_figure(capsys: pytest.CaptureFixture[str]) -> None:
     with capsys.disabled():
         print(f"\n[tcp-sim] {r.segments} segments in {r.wall_time:.2f}s: {rate:,.0f} segments/s")
     assert rate > 1000  # generous floor; a regression to quadratic behaviour would fail it
+
+
+def test_connect_to_a_closed_port_is_refused() -> None:
+    """The host finds neither connection nor listener and answers the SYN with <RST,ACK>."""
+    from guest.stack.tcp import Reset
+    from guest.stack.tcp.sim import Simulator
+
+    sim = Simulator(LinkConfig(delay=0.001))
+    client = sim.add_host("c")
+    server = sim.add_host("s")
+    app = StreamApp(b"hello")
+    client.connect(1234, ("s", 9), app)
+    sim.run(stop=lambda: app.done)
+    assert app.terminal == Reset()
+    assert server.resets_sent == 1
+
+
+def test_passive_side_rejects_strays_after_close() -> None:
+    """A segment for a connection the host already forgot draws an RST (RFC 9293 3.10.7.1)."""
+    from guest.stack.tcp.sim import Simulator
+    from guest.stack.wire.tcp import TcpFlags, TcpRepr
+
+    sim = Simulator(LinkConfig(delay=0.001))
+    client = sim.add_host("c")
+    server = sim.add_host("s")
+    server.listen(80, lambda: StreamApp(b"bye"))
+    app = StreamApp(b"hi")
+    client.connect(1234, ("s", 80), app)
+    sim.run()  # until nothing is left: both ends CLOSED and forgotten
+    assert app.done and not server.connections
+    stray = TcpRepr(src_port=1234, dst_port=80, seq=1, ack=2, flags=TcpFlags.ACK, window=0)
+    before = server.resets_sent
+    server.deliver("c", stray, sim.now)
+    assert server.resets_sent == before + 1
+
+
+def test_sequence_and_timestamp_wraparound() -> None:
+    """Both sequence spaces and the client's TSval clock wrap past 2**32 mid-transfer."""
+    up, down = payload(300_000, 13), payload(300_000, 14)
+    r = run_transfer(
+        up,
+        down,
+        forward=lossy(0.02),
+        backward=lossy(0.02),
+        client_isn=0xFFFFFFFF - 100_000,
+        server_isn=0xFFFFFFFF - 1000,
+        client_ts_offset=0xFFFFFFFF - 50,  # TSval wraps 51 ms into the connection
+        seed=4,
+    )
+    assert r.completed
+    assert r.server_received == up and r.client_received == down
+    assert r.server_stats.unacceptable_in < 50  # PAWS did not reject the wrapped clock

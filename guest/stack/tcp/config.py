@@ -34,6 +34,9 @@ class TcpConfig:
     paws: bool = True
     #: RFC 2018: offer SACK-permitted, send SACK blocks, use received blocks when retransmitting.
     sack: bool = True
+    #: With SACK in use, recover from losses the RFC 6675 way (retransmit every hole the
+    #: scoreboard shows as lost, paced by `pipe`) instead of NewReno's one hole per RTT.
+    sack_recovery: bool = True
     #: Disable Nagle's algorithm (RFC 9293 section 3.7.4); on by default because the benchmarks
     #: measure request/response latency.
     nodelay: bool = True

@@ -50,6 +50,9 @@ class NewReno:
         # holds the highest sequence number transmitted when recovery last started.
         self.recover = iss
         self.in_recovery = False
+        #: The current recovery is SACK-based (RFC 6675): no window inflation or deflation,
+        #: the connection paces retransmissions with its `pipe` estimate instead.
+        self.sack_mode = False
         self.dup_acks = 0
         self.fast_retransmits = 0
         self._partial_seen = False
@@ -66,8 +69,11 @@ class NewReno:
                 flight = snd_max - ack
                 self.cwnd = min(self.ssthresh, max(flight, mss) + mss)
                 self.in_recovery = False
+                self.sack_mode = False
                 self._ca_bytes = 0
                 return CcAction.NONE
+            if self.sack_mode:
+                return CcAction.NONE  # RFC 6675: the scoreboard chooses what to resend
             # RFC 6582 step 5 (partial ACK): retransmit the next hole, deflate by the amount
             # acknowledged, add back one SMSS if at least that much was acknowledged.
             self.cwnd = max(self.cwnd - acked, mss)
@@ -93,8 +99,10 @@ class NewReno:
     def on_dup_ack(self, ack: int, flight: int, snd_max: int) -> CcAction:
         """A duplicate ACK (RFC 5681 section 2 definition) arrived."""
         if self.in_recovery:
-            # RFC 6582 step 4: each further duplicate inflates cwnd by one SMSS.
-            self.cwnd += self.mss
+            # RFC 6582 step 4: each further duplicate inflates cwnd by one SMSS (SACK-based
+            # recovery accounts for the departed segment in `pipe` instead).
+            if not self.sack_mode:
+                self.cwnd += self.mss
             return CcAction.NONE
         self.dup_acks += 1
         if self.dup_acks != DUP_THRESH:
@@ -108,9 +116,26 @@ class NewReno:
         self.recover = snd_max - 1
         self.cwnd = self.ssthresh + DUP_THRESH * self.mss
         self.in_recovery = True
+        self.sack_mode = False
         self._partial_seen = False
         self.fast_retransmits += 1
         return CcAction.RETRANSMIT_HEAD
+
+    def enter_sack_recovery(self, flight: int, snd_max: int) -> None:
+        """Start (or convert the just-started recovery into) RFC 6675 loss recovery.
+
+        Section 5 step (4.2): ssthresh = cwnd = max(FlightSize / 2, 2 * SMSS) (RFC 5681
+        equation (4)); RecoveryPoint = HighData.
+        """
+        if not self.in_recovery:
+            self.ssthresh = max(flight // 2, 2 * self.mss)
+            self.recover = snd_max - 1
+            self.in_recovery = True
+            self._partial_seen = False
+            self.fast_retransmits += 1
+        self.sack_mode = True
+        self.dup_acks = 0
+        self.cwnd = self.ssthresh
 
     def on_timeout(self, flight: int, snd_max: int, first: bool) -> None:
         """The retransmission timer expired (RFC 5681 section 3.1, RFC 6582 section 4)."""
@@ -119,6 +144,7 @@ class NewReno:
             self.ssthresh = max(flight // 2, 2 * self.mss)
         self.cwnd = self.mss  # loss window LW = 1 SMSS
         self.in_recovery = False
+        self.sack_mode = False
         self.dup_acks = 0
         self._ca_bytes = 0
         self.recover = snd_max - 1

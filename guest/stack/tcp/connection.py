@@ -170,6 +170,8 @@ class TcpConnection:
         # (partly) retransmitted, most recently at TSval `_rtx_episode_ts`.
         self._rtx_episode_end: int | None = None
         self._rtx_episode_ts = 0
+        # RFC 6675 HighRxt: highest sequence number retransmitted in this SACK recovery.
+        self._high_rxt = iss
         self._rcv_unacked = 0
         self._send_blocked = False
         self._challenge_epoch = float("-inf")
@@ -505,7 +507,7 @@ class TcpConnection:
             ):
                 # RFC 7323 section 5.3 R1: an old duplicate; acknowledge and drop.
                 self._stats.unacceptable_in += 1
-                self._ack_now = True
+                self._oow_ack(now, plen)
                 return
 
         # First check: sequence number acceptability (section 3.10.7.4).
@@ -518,7 +520,10 @@ class TcpConnection:
             # allowance" in section 3.10.7.4).
             ok = seq == rcv_nxt
         elif seglen == 0:
-            ok = rcv_nxt <= seq < rcv_nxt + wnd
+            # Inclusive right edge, like Linux's tcp_sequence(): a peer that filled our window
+            # sends its ACKs with SEG.SEQ = RCV.NXT + RCV.WND once the data in flight is lost,
+            # and the RFC's strict test would discard exactly those ACKs.
+            ok = rcv_nxt <= seq <= rcv_nxt + wnd
         else:
             # Any overlap with the window. The RFC's test looks only at the first and last
             # octet and so rejects a segment that spans the whole window (a full-sized
@@ -527,12 +532,7 @@ class TcpConnection:
         if not ok:
             if not flags & _RST:
                 self._stats.unacceptable_in += 1
-                if plen or now - self._last_oow_ack >= self.config.invalid_ack_interval:
-                    # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>; answers to data-less segments are
-                    # rate-limited, as in Linux, so that two confused ends cannot ACK each
-                    # other in a tight loop.
-                    self._last_oow_ack = now
-                    self._ack_now = True
+                self._oow_ack(now, plen or flags & _FIN)  # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>
                 if (
                     st is TcpState.TIME_WAIT
                     and flags & _FIN
@@ -624,6 +624,8 @@ class TcpConnection:
         ):
             # RFC 5681 section 2 definition of a duplicate acknowledgment.
             self._on_dup_ack()
+        if self._sb and self._sack_enabled and self.config.sack_recovery:
+            self._check_sack_loss()
         # Window update, guarded by SND.WL1/WL2 against reordered old segments.
         if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
             self.snd_wnd = wnd
@@ -692,6 +694,24 @@ class TcpConnection:
             self._stats.fast_recoveries += 1
             self._rtx_head = True
             self._rtx_head_timeout = False
+            if self._sack_enabled and self.config.sack_recovery:
+                self._cc.enter_sack_recovery(self.snd_max - self.snd_una, self.snd_max)
+                self._high_rxt = self.snd_una
+
+    def _check_sack_loss(self) -> None:
+        """RFC 6675 section 5 (rule 4 of the ACK processing): enter loss recovery as soon as
+        the scoreboard shows SND.UNA's segment lost, even if duplicate ACKs went missing."""
+        cc = self._cc
+        una = self.snd_una
+        if cc.in_recovery or una <= cc.recover or self.snd_max <= una:
+            return
+        lost_edge = self._sb.lost_boundary(cc.mss)
+        if lost_edge is not None and lost_edge > una:
+            cc.enter_sack_recovery(self.snd_max - una, self.snd_max)
+            self._high_rxt = una
+            self._rtx_head = True
+            self._rtx_head_timeout = False
+            self._stats.fast_recoveries += 1
 
     def _sample_rtt(self, seg: TcpRepr, ack: int, now: float) -> None:
         """Take an RTT sample if one is valid (RFC 6298 section 3, RFC 7323 section 4).
@@ -813,6 +833,17 @@ class TcpConnection:
         current = self.rcv_adv - self.rcv_nxt
         potential = self._rx.capacity - self._rx.ready_len
         if potential - current >= self._rcv_sws and potential >= 2 * current:
+            self._ack_now = True
+
+    def _oow_ack(self, now: float, carries_data: int) -> None:
+        """Answer an unacceptable segment with an ACK.
+
+        Answers to segments without data or FIN (pure ACKs, SYNs, probes) are rate-limited
+        like Linux's tcp_invalid_ratelimit, so that two confused ends cannot ACK each other
+        in a tight loop.
+        """
+        if carries_data or now - self._last_oow_ack >= self.config.invalid_ack_interval:
+            self._last_oow_ack = now
             self._ack_now = True
 
     def _reset_by_peer(self) -> None:
@@ -945,6 +976,8 @@ class TcpConnection:
             self._last_rx_time = now
             return
         if self._ka_probes >= self.config.keepalive_probes:
+            # Like Linux, tell a peer that may merely have lost our probes' answers.
+            self._ctl.append(self._bare(self._ack_seq(), 0, _RST))
             self._enter_closed(ConnectionFailed("connection timed out (keep-alive)"))
             return
         self._ka_probes += 1
@@ -986,6 +1019,10 @@ class TcpConnection:
                     else:
                         self._stats.retransmits_fast += 1
                     self._emit(out, seq, n, fin, now)
+                    if seq + n > self._high_rxt:
+                        self._high_rxt = seq + n
+        sack_recovery = cc.in_recovery and cc.sack_mode
+        pipe = self._sack_retransmit(out, mss, now) if sack_recovery else 0
 
         if (
             cfg.slow_start_after_idle
@@ -1010,11 +1047,14 @@ class TcpConnection:
             if seq < data_end:
                 una = self.snd_una
                 avail = data_end - seq
-                cwnd = cc.cwnd
-                if cfg.limited_transmit and 0 < cc.dup_acks < 3 and seq >= snd_max:
-                    cwnd += cc.dup_acks * cc.mss  # RFC 3042
                 wnd_edge = una + self.snd_wnd
-                edge = una + cwnd
+                if sack_recovery:
+                    edge = seq + cc.cwnd - pipe  # RFC 6675: send while cwnd - pipe allows
+                else:
+                    cwnd = cc.cwnd
+                    if cfg.limited_transmit and 0 < cc.dup_acks < 3 and seq >= snd_max:
+                        cwnd += cc.dup_acks * cc.mss  # RFC 3042
+                    edge = una + cwnd
                 if wnd_edge < edge:
                     edge = wnd_edge
                 n = edge - seq
@@ -1042,6 +1082,7 @@ class TcpConnection:
                 if seq < snd_max:
                     self._stats.retransmits_timeout += 1
                 self._emit(out, seq, n, fin, now)
+                pipe += n
                 force = False
                 continue
             if fin_seq is not None and seq == fin_seq:
@@ -1058,6 +1099,55 @@ class TcpConnection:
                 self._persist_deadline = now + self._persist_interval()
         else:
             self._persist_deadline = None
+
+    def _pipe(self, lost_edge: int) -> int:
+        """RFC 6675 SetPipe(): bytes believed to be in the network.
+
+        Everything between SND.UNA and SND.MAX counts, except SACKed bytes and bytes deemed
+        lost (below `lost_edge`) that have not been retransmitted yet (above HighRxt).
+        """
+        sb = self._sb
+        una = self.snd_una
+        pipe = self.snd_max - una - sb.sacked_bytes
+        start = self._high_rxt if self._high_rxt > una else una
+        if lost_edge > start:
+            pipe -= (lost_edge - start) - sb.sacked_between(start, lost_edge)
+        return pipe if pipe > 0 else 0
+
+    def _sack_retransmit(self, out: list[TcpRepr], mss: int, now: float) -> int:
+        """RFC 6675 section 5 step (C): resend lost holes while cwnd - pipe >= 1 SMSS.
+
+        NextSeg() rule 1 only: the lowest un-SACKed byte above HighRxt that IsLost(). Returns
+        the updated pipe so that new data (rule 2) can be paced by the caller.
+        """
+        sb = self._sb
+        cc = self._cc
+        una = self.snd_una
+        lost_edge = sb.lost_boundary(cc.mss) if sb else None
+        if lost_edge is None:
+            lost_edge = una
+        pipe = self._pipe(lost_edge)
+        data_end = self._tx_seq + len(self._tx)
+        fin_seq = self._fin_seq
+        while cc.cwnd - pipe >= mss:
+            seq = self._high_rxt if self._high_rxt > una else una
+            skip = sb.sacked_end_at(seq)
+            if skip is not None:
+                seq = skip
+            if seq >= lost_edge:
+                break
+            hole_end = sb.next_sacked_start(seq)
+            if hole_end is None or hole_end > lost_edge:
+                hole_end = lost_edge
+            n = min(mss, hole_end - seq, max(data_end - seq, 0))
+            fin = fin_seq is not None and seq + n == fin_seq and fin_seq < self.snd_max
+            if n <= 0 and not fin:
+                break
+            self._stats.retransmits_fast += 1
+            self._emit(out, seq, n, fin, now)
+            self._high_rxt = seq + n + (1 if fin else 0)
+            pipe += n
+        return pipe
 
     def _emit(self, out: list[TcpRepr], seq: int, n: int, fin: bool, now: float) -> None:
         """Build one data/FIN segment at `seq` and update the send-side bookkeeping."""

@@ -81,6 +81,32 @@ class SackScoreboard:
         i = bisect_right(self._starts, seq)
         return self._starts[i] if i < len(self._starts) else None
 
+    def sacked_between(self, start: int, end: int) -> int:
+        """SACKed bytes within [start, end)."""
+        total = 0
+        for s, e in zip(self._starts, self._ends, strict=True):
+            if e <= start:
+                continue
+            if s >= end:
+                break
+            total += min(e, end) - max(s, start)
+        return total
+
+    def lost_boundary(self, mss: int, dup_thresh: int = 3) -> int | None:
+        """The sequence number below which every un-SACKed byte counts as lost.
+
+        RFC 6675 section 4 IsLost(): a byte is lost once more than (DupThresh - 1) * SMSS
+        bytes above it were SACKed, or DupThresh discontiguous ranges above it were. The
+        boundary is the start of the lowest range that completes either count, counting
+        from the top; None while nothing qualifies.
+        """
+        acc = 0
+        for count, i in enumerate(range(len(self._starts) - 1, -1, -1), start=1):
+            acc += self._ends[i] - self._starts[i]
+            if acc > (dup_thresh - 1) * mss or count >= dup_thresh:
+                return self._starts[i]
+        return None
+
     def clear(self) -> None:
         """Forget everything."""
         self._starts.clear()

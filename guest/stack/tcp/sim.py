@@ -227,6 +227,7 @@ class SimHost:
             listener, factory = entry
             result = listener.receive_segment(seg, remote, now)
             if result.reply is not None:
+                self.resets_sent += 1
                 self.sim.send(self.addr, src, result.reply, now)
             if result.connection is not None:
                 self.connections[(local, remote)] = result.connection
@@ -369,6 +370,9 @@ def run_transfer(
     server_write: Callable[[], int] | int = 65536,
     seed: int = 0,
     time_limit: float = 7200.0,
+    client_isn: int = 0x20000000,
+    server_isn: int = 0x10000000,
+    client_ts_offset: int = 0,
 ) -> TransferResult:
     """Open a connection, send `client_data` and `server_data` both ways at once, close both
     sides, and run until both connections reached a terminal event (or `time_limit`)."""
@@ -382,9 +386,16 @@ def run_transfer(
         server_apps.append(app)
         return app
 
-    server.listen(80, server_app, server_config)
+    server.listen(80, server_app, server_config, isn=server_isn)
     client_app = StreamApp(client_data, write_size=client_write)
-    conn = client.connect(40000, ("10.0.0.2", 80), client_app, client_config)
+    conn = client.connect(
+        40000,
+        ("10.0.0.2", 80),
+        client_app,
+        client_config,
+        isn=client_isn,
+        ts_offset=client_ts_offset,
+    )
 
     def finished() -> bool:
         return client_app.done and bool(server_apps) and server_apps[0].done
