@@ -1,0 +1,17 @@
+"""The NIC from user level: AF_PACKET devices the stack's event loop reads and writes.
+
+* `base.py`: the `Device` protocol (and the frame lifetime rule) plus `DeviceStats`;
+* `packet.py`: `PacketDevice`, a plain AF_PACKET socket (one syscall per frame);
+* `ring.py`: `RingDevice`, PACKET_MMAP TPACKET_V3/V2 rings (no copy on receive, one syscall
+  per transmitted batch);
+* `vnet.py`: the virtio_net_hdr codec for PACKET_VNET_HDR (TSO/GSO, checksum offload, GRO);
+* `setup.py`: `take_over()` an interface from the kernel's IPv4 stack, and give it back;
+* `abi.py`: the kernel constants and struct layouts the above use;
+* `netns.py`, `probe.py`, `bench_device.py`: namespaces, test worker and benchmark.
+"""
+
+from .base import Device, DeviceStats
+from .packet import PacketDevice
+from .ring import RingDevice, RingGeometry
+
+__all__ = ["Device", "DeviceStats", "PacketDevice", "RingDevice", "RingGeometry"]

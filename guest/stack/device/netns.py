@@ -1,0 +1,99 @@
+"""Two throwaway network namespaces joined by a veth pair, for device tests and benchmarks.
+
+Both ends live in namespaces made here, so frames sent on them can reach nothing else on the
+machine; IPv6 is disabled on them before they come up, so the kernel sends nothing of its own
+(no router solicitations, no MLD reports) and the link carries only what a test puts on it.
+No IP address is configured: the device layer needs none. Names carry a random suffix (and
+the `sbdev` prefix, for spotting leftovers), and the namespaces are deleted on the way out of
+`veth_pair()` whatever happened inside, which also destroys the veth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+PREFIX = "sbdev"
+
+
+@dataclass(frozen=True, slots=True)
+class VethPair:
+    """Namespace and interface names of both ends, and the interfaces' MACs (text form)."""
+
+    ns_a: str
+    ns_b: str
+    if_a: str
+    if_b: str
+    mac_a: str
+    mac_b: str
+
+
+def unavailable_reason() -> str | None:
+    """Why namespaces cannot be made here, or None if they can."""
+    if os.geteuid() != 0:
+        return "creating network namespaces needs root"
+    if shutil.which("ip") is None:
+        return "iproute2's `ip` is not installed"
+    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        return f"`ip netns` does not work here: {probe.stderr.strip()}"
+    return None
+
+
+def ns_cmd(ns: str, argv: Sequence[str]) -> list[str]:
+    """`argv` to run inside namespace `ns`."""
+    return ["ip", "netns", "exec", ns, *argv]
+
+
+def _run(argv: Sequence[str]) -> str:
+    done = subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _link_mac(ns: str, iface: str) -> str:
+    info = json.loads(_run(["ip", "-n", ns, "-j", "link", "show", "dev", iface]))
+    return str(info[0]["address"])
+
+
+def _quiet_up(ns: str, iface: str, mtu: int | None) -> None:
+    for key in ("all", "default", iface):
+        path = f"net/ipv6/conf/{key}/disable_ipv6"
+        # Best effort: a kernel without IPv6 has nothing to silence.
+        subprocess.run(ns_cmd(ns, ["sysctl", "-qw", f"{path}=1"]), capture_output=True, check=False)
+    if mtu is not None:
+        _run(["ip", "-n", ns, "link", "set", "dev", iface, "mtu", str(mtu)])
+    _run(["ip", "-n", ns, "link", "set", "dev", iface, "up"])
+
+
+@contextmanager
+def veth_pair(mtu: int | None = None) -> Iterator[VethPair]:
+    """Create namespaces `sbdev-XXXXXX-a`/`-b` with veth `sbdevXXXXXXa` <-> `sbdevXXXXXXb`
+    (both up, optionally with `mtu`), yield their names, delete everything afterwards."""
+    tag = secrets.token_hex(3)
+    ns_a, ns_b = f"{PREFIX}-{tag}-a", f"{PREFIX}-{tag}-b"
+    if_a, if_b = f"{PREFIX}{tag}a", f"{PREFIX}{tag}b"
+    try:
+        _run(["ip", "netns", "add", ns_a])
+        _run(["ip", "netns", "add", ns_b])
+        peer = ["peer", "name", if_b, "netns", ns_b]
+        _run(["ip", "link", "add", if_a, "netns", ns_a, "type", "veth", *peer])
+        _quiet_up(ns_a, if_a, mtu)
+        _quiet_up(ns_b, if_b, mtu)
+        yield VethPair(ns_a, ns_b, if_a, if_b, _link_mac(ns_a, if_a), _link_mac(ns_b, if_b))
+    finally:
+        for ns in (ns_a, ns_b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def leftovers() -> list[str]:
+    """Namespaces with our prefix that still exist (for tests that check cleanup)."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    return [line.split()[0] for line in out.stdout.splitlines() if line.startswith(PREFIX)]

@@ -1,0 +1,117 @@
+"""Shared netns plumbing for the device tests: skip rule, veth pairs, running code inside.
+
+Everything that runs in a namespace is a subprocess under `ip netns exec` (Python 3.11 has no
+`os.setns`), started from the project root with it on PYTHONPATH, so it can import both
+`guest` and `tests`. The pair is deleted when `veth_pair()` exits, even on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guest.stack.device.netns import VethPair, leftovers, ns_cmd, unavailable_reason, veth_pair
+
+__all__ = [
+    "VethPair",
+    "check",
+    "leftovers",
+    "netns_pair",
+    "probe",
+    "receiver",
+    "require_netns",
+    "result",
+    "send",
+    "start",
+    "veth_pair",
+    "wait_ready",
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def require_netns(*tools: str) -> None:
+    """Skip the calling test, saying why, when namespaces cannot be made here or one of the
+    command-line `tools` it runs is missing."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    for tool in tools:
+        if shutil.which(tool) is None:
+            pytest.skip(f"`{tool}` is not installed")
+
+
+def netns_pair(mtu: int | None = None, tools: tuple[str, ...] = ()) -> Iterator[VethPair]:
+    """Body of a pytest fixture: skip if impossible, else a fresh pair, deleted afterwards."""
+    require_netns(*tools)
+    with veth_pair(mtu) as pair:
+        yield pair
+
+
+def start(ns: str, module: str, *args: str) -> subprocess.Popen[str]:
+    """Run `python3 -m module args...` inside namespace `ns`, stdout captured as text."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen(
+        ns_cmd(ns, [sys.executable, "-m", module, *args]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def probe(ns: str, *args: str) -> subprocess.Popen[str]:
+    """Start `guest.stack.device.probe` in `ns`."""
+    return start(ns, "guest.stack.device.probe", *args)
+
+
+def check(ns: str, name: str, **kwargs: Any) -> subprocess.Popen[str]:
+    """Start `tests.netns.checks NAME` in `ns` with keyword arguments as JSON."""
+    return start(ns, "tests.netns.checks", name, json.dumps(kwargs))
+
+
+def receiver(pair: VethPair, *args: str) -> subprocess.Popen[str]:
+    """`probe recv` on the B end, started and ready; collect it with `result()`."""
+    proc = probe(pair.ns_b, "recv", "--iface", pair.if_b, *args)
+    wait_ready(proc)
+    return proc
+
+
+def send(pair: VethPair, *args: str) -> dict[str, Any]:
+    """Run `probe send` on the A end, addressed to B's MAC, to completion; its result."""
+    return result(probe(pair.ns_a, "send", "--iface", pair.if_a, "--dst", pair.mac_b, *args))
+
+
+def wait_ready(proc: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    """Block until the process printed its "ready" line (it is bound and listening)."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline().strip() if ready else ""
+    if line != "ready":
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"worker not ready (got {line!r}): {err.strip()[-2000:]}")
+
+
+def result(proc: subprocess.Popen[str], timeout: float = 20.0) -> dict[str, Any]:
+    """The JSON line a worker printed last; fails the test with its stderr otherwise."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"worker timed out: {err.strip()[-2000:]}") from None
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise AssertionError(f"worker failed ({proc.returncode}): {err.strip()[-2000:]}")
+    return json.loads(lines[-1])

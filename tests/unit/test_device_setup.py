@@ -1,0 +1,33 @@
+"""take_over()/restore() on a veth inside a throwaway namespace: what changes, what returns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from guest.stack.device.setup import FEATURES
+from tests.netns.fixtures import VethPair, check, netns_pair, result
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def pair() -> Iterator[VethPair]:
+    yield from netns_pair(tools=("ethtool", "sysctl"))
+
+
+def test_take_over_and_restore(pair: VethPair) -> None:
+    found = result(check(pair.ns_a, "take_over_roundtrip", iface=pair.if_a))
+    before = found["before"]
+    assert before["addrs"] and before["arp_ignore"] == "0" and before["disable_ipv6"] == "0"
+    assert any("198.19.7.0/24 via 198.18.7.2" in r for r in before["routes"])
+    for offloads in (False, True):
+        taken = found[f"taken_{offloads}"]
+        assert taken["addrs"] == [] and taken["routes"] == []
+        assert taken["arp_ignore"] == "8" and taken["disable_ipv6"] == "1"
+        assert found[f"restored_{offloads}"] == before
+    off = found["taken_False"]["features"]
+    assert not any(off.values()), off  # every feature in setup.FEATURES
+    on = found["taken_True"]["features"]
+    assert on == {name: short != "lro" for short, name in FEATURES.items()}, on
