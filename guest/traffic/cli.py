@@ -66,6 +66,21 @@ def _common_options() -> argparse.ArgumentParser:
         help="idle timeout in s for any blocking socket op (default 30)",
     )
     common.add_argument("--label", default="", help="free text echoed into the JSON result")
+    user = common.add_argument_group("user-level paths (mono)")
+    user.add_argument("--iface", help="NIC the user-level stack runs on")
+    user.add_argument(
+        "--addr",
+        help="the stack's address, CIDR; starts a stack for the run when none serves --iface",
+    )
+    user.add_argument(
+        "--stack-socket", help="a running stack's socket (default /run/stackbed/stack-IFACE.sock)"
+    )
+    user.add_argument(
+        "--stack-device",
+        choices=["ring-v2", "ring-v3", "packet"],
+        default="ring-v2",
+        help="NIC access of a stack started for the run",
+    )
     return common
 
 
@@ -143,8 +158,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    provider = None
     try:
-        provider = PROVIDERS[args.path]()
+        provider = PROVIDERS[args.path](args)
         emit(RUNNERS[args.role](args, provider))
         return EXIT_OK
     except TrafficError as exc:
@@ -153,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, describe_error(exc), EXIT_NET_ERROR)
     except KeyboardInterrupt:
         return _fail(args, "interrupted", EXIT_INTERRUPTED)
+    finally:
+        close = getattr(provider, "close", None)
+        if close is not None:
+            close()
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:

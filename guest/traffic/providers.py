@@ -176,8 +176,20 @@ class KernelProvider:
 
 
 # Name -> factory.  Factories (not instances) so a user-level stack is only imported when chosen.
-PROVIDERS: dict[str, Callable[[], SocketProvider]] = {
-    "kernel": KernelProvider,
+def _kernel(_args: object) -> SocketProvider:
+    return KernelProvider()
+
+
+def _mono(args: object) -> SocketProvider:
+    from .userstack import MonoProvider  # imported only when the path is chosen
+
+    return MonoProvider(args)
+
+
+#: Path name -> factory taking the parsed arguments (user-level paths need --iface/--addr).
+PROVIDERS: dict[str, Callable[[object], SocketProvider]] = {
+    "kernel": _kernel,
+    "mono": _mono,
 }
 
 

@@ -1,0 +1,404 @@
+"""The monolithic user-level stack: NIC access and every protocol in one process.
+
+This is the "monolithic" design of Network Subsystems Reloaded: one protection domain holds the
+driver (an AF_PACKET device) and the protocols (`core.NetStack`); applications are other
+processes, clients of it through the session boundary (`session`: shared-memory rings and
+doorbells). The factored design reuses the same NetStack and the same session boundary and only
+adds the driver/protocol split, so the difference measured between the two is that split.
+
+Run as `python3 -m guest.stack.mono --iface eth1 --addr 198.18.1.1/24`. It takes the NIC from
+the kernel (no kernel address, offloads set on purpose), serves applications on a UNIX socket
+(default /run/stackbed/stack-IFACE.sock), prints one JSON line `{"event": "ready", ...}` when it
+serves, and on SIGTERM/SIGINT gives the NIC back and prints its counters as a final JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import selectors
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+
+from guest.stack.core import events as ev
+from guest.stack.core.netstack import NetStack
+from guest.stack.device.base import Device
+from guest.stack.session import requests as rq
+from guest.stack.session.backend import dispatch, pump_tx
+from guest.stack.session.server import SessionServer
+from guest.stack.wire.addr import ipv4
+
+RECV_CHUNK = 256 * 1024
+DEVICE_KINDS = ("ring-v2", "ring-v3", "packet")
+
+
+def default_socket_path(iface: str) -> str:
+    return f"/run/stackbed/stack-{iface}.sock"
+
+
+def _endpoint(text: str) -> tuple[int, int]:
+    ip, _, port = text.rpartition(":")
+    return ipv4(ip), int(port)
+
+
+def _failure_errno(reason: str) -> int:
+    reason = reason.lower()
+    if "refused" in reason or "reset" in reason:
+        return errno.ECONNREFUSED
+    if "unreach" in reason:
+        return errno.EHOSTUNREACH
+    if "time" in reason:
+        return errno.ETIMEDOUT
+    return errno.ECONNABORTED
+
+
+class StackBackend:
+    """Maps the session server's sockets onto NetStack handles and relays events both ways.
+
+    Received data is pulled from TCP only as fast as the application's ring takes it: a short
+    `deliver` parks the rest and stops reading that connection, so the TCP receive window closes
+    and the peer is flow-controlled, instead of this process buffering without bound.
+    """
+
+    def __init__(self, stack: NetStack, server: SessionServer, clock: Callable[[], float]):
+        self.st = stack
+        self.server = server
+        self.clock = clock
+        self.handle_of: dict[int, int] = {}  # session sock_id -> NetStack handle
+        self.sock_of: dict[int, int] = {}  # NetStack handle -> session sock_id
+        self.connecting: dict[int, rq.ConnectReq] = {}  # handle -> request awaiting Connected
+        self.parked: dict[int, memoryview] = {}  # sock_id -> received bytes the ring refused
+        self.eof_pending: set[int] = set()  # sock_ids whose PEER_CLOSED waits behind parked
+        self.blocked_tx: set[int] = set()  # sock_ids whose send buffer was full
+        self._buf = bytearray(RECV_CHUNK)
+
+    # --- mapping ------------------------------------------------------------------------------
+
+    def _map(self, sock_id: int, handle: int) -> None:
+        self.handle_of[sock_id] = handle
+        self.sock_of[handle] = sock_id
+
+    def _forget(self, sock_id: int) -> int | None:
+        handle = self.handle_of.pop(sock_id, None)
+        if handle is not None:
+            self.sock_of.pop(handle, None)
+        self.parked.pop(sock_id, None)
+        self.eof_pending.discard(sock_id)
+        self.blocked_tx.discard(sock_id)
+        return handle
+
+    # --- StackBackend (requests from applications) -------------------------------------------
+
+    def connect(self, req: rq.ConnectReq) -> None:
+        try:
+            handle = self.st.tcp_connect(req.ip, req.port, self.clock())
+        except OSError as e:
+            self.server.complete(req, e.errno or errno.EINVAL)
+            return
+        self._map(req.sock_id, handle)
+        self.connecting[handle] = req
+
+    def listen(self, req: rq.ListenReq) -> None:
+        try:
+            handle = self.st.tcp_listen(req.port, req.backlog)
+        except OSError as e:
+            self.server.complete(req, e.errno or errno.EINVAL)
+            return
+        self._map(req.sock_id, handle)
+        self.server.complete(req, 0, port=int(self.st.socket_info(handle)["local_port"]))
+
+    def udp_bind(self, req: rq.BindReq) -> None:
+        try:
+            handle = self.st.udp_bind(req.port)
+        except OSError as e:
+            self.server.complete(req, e.errno or errno.EINVAL)
+            return
+        self._map(req.sock_id, handle)
+        self.server.complete(req, 0, port=int(self.st.socket_info(handle)["local_port"]))
+
+    def udp_sendto(self, req: rq.SendToReq) -> None:
+        handle = self.handle_of.get(req.sock_id)
+        if handle is None:
+            self.server.complete(req, errno.EBADF)
+            return
+        try:
+            ok = self.st.udp_sendto(handle, req.payload, req.ip, req.port, self.clock())
+        except OSError as e:
+            self.server.complete(req, e.errno or errno.EINVAL)
+            return
+        self.server.complete(req, 0 if ok else errno.ENOBUFS)
+
+    def send(self, sock_id: int, data: list[memoryview]) -> int:
+        handle = self.handle_of.get(sock_id)
+        total = sum(len(v) for v in data)
+        if handle is None:
+            return total  # the socket is gone: drop, as the contract says
+        taken = 0
+        try:
+            for view in data:
+                n = self.st.tcp_send(handle, view)
+                taken += n
+                if n < len(view):
+                    self.blocked_tx.add(sock_id)
+                    break
+        except BrokenPipeError:
+            return total
+        return taken
+
+    def rx_space(self, sock_id: int) -> None:
+        handle = self.handle_of.get(sock_id)
+        if handle is not None:
+            self._drain(sock_id, handle)
+
+    def shutdown_write(self, sock_id: int) -> None:
+        handle = self.handle_of.get(sock_id)
+        if handle is not None:
+            self.st.tcp_shutdown(handle)
+
+    def close(self, sock_id: int, abort: bool) -> None:
+        handle = self._forget(sock_id)
+        if handle is None:
+            return
+        self.connecting.pop(handle, None)
+        try:
+            if abort:
+                self.st.tcp_abort(handle)
+            else:
+                self.st.tcp_close(handle, self.clock())
+        except OSError:
+            pass  # already released by the stack
+
+    # --- events from the stack ---------------------------------------------------------------
+
+    def _drain(self, sock_id: int, handle: int) -> None:
+        """Deliver parked bytes, then read the connection until the ring refuses more."""
+        server = self.server
+        parked = self.parked.pop(sock_id, None)
+        if parked is not None:
+            n = server.deliver(sock_id, parked)
+            if n < len(parked):
+                self.parked[sock_id] = parked[n:]
+                return
+        buf = self._buf
+        while True:
+            try:
+                got = self.st.tcp_recv_into(handle, buf)
+            except OSError:
+                return
+            if not got:
+                break
+            chunk = bytes(buf[:got])
+            n = server.deliver(sock_id, chunk)
+            if n < got:
+                self.parked[sock_id] = memoryview(chunk)[n:]
+                return
+        if sock_id in self.eof_pending:
+            self.eof_pending.discard(sock_id)
+            server.notify(sock_id, rq.Event.PEER_CLOSED)
+
+    def handle_events(self) -> None:
+        server, st = self.server, self.st
+        for e in st.events():
+            handle = e.handle
+            sock_id = self.sock_of.get(handle)
+            match e:
+                case ev.Connected():
+                    req = self.connecting.pop(handle, None)
+                    if req is not None:
+                        local = _endpoint(str(st.socket_info(handle)["local"]))
+                        server.complete(req, 0, local=local)
+                case ev.Accepted():
+                    self._accept_all(handle)
+                case ev.Readable():
+                    if sock_id is not None and sock_id not in self.parked:
+                        self._drain(sock_id, handle)
+                case ev.Writable():
+                    if sock_id is not None and sock_id in self.blocked_tx:
+                        self.blocked_tx.discard(sock_id)
+                        server.tx_kick(sock_id)
+                case ev.PeerClosed():
+                    if sock_id is not None:
+                        self._drain(sock_id, handle)
+                        if sock_id in self.parked:
+                            self.eof_pending.add(sock_id)
+                        else:
+                            server.notify(sock_id, rq.Event.PEER_CLOSED)
+                case ev.Reset() | ev.ConnectionFailed():
+                    reason = getattr(e, "reason", "reset")
+                    req = self.connecting.pop(handle, None)
+                    if req is not None:
+                        server.complete(req, _failure_errno(reason))
+                        self._forget(req.sock_id)
+                    elif sock_id is not None:
+                        if isinstance(e, ev.Reset):
+                            server.notify(sock_id, rq.Event.RESET, errno.ECONNRESET)
+                        else:
+                            server.notify(sock_id, rq.Event.FAILED, _failure_errno(reason))
+                case ev.Closed():
+                    if sock_id is not None:
+                        self._drain(sock_id, handle)
+                        server.notify(sock_id, rq.Event.CLOSED)
+                case ev.UdpReadable():
+                    while sock_id is not None and (got := st.udp_recvfrom(handle)) is not None:
+                        data, ip, port = got
+                        server.deliver_datagram(sock_id, (ip, port), data)
+
+    def _accept_all(self, listener: int) -> None:
+        listener_sock = self.sock_of.get(listener)
+        while (handle := self.st.tcp_accept(listener)) is not None:
+            if listener_sock is None:
+                self.st.tcp_abort(handle)
+                continue
+            peer = _endpoint(str(self.st.socket_info(handle)["remote"]))
+            sock_id = self.server.incoming(listener_sock, peer)
+            if sock_id is None:
+                self.st.tcp_abort(handle)
+                continue
+            self._map(sock_id, handle)
+            self._drain(sock_id, handle)
+
+
+def open_device(kind: str, iface: str) -> Device:
+    """The NIC from user level. ring-v2 is the default: TPACKET_V3's block retire timer would
+    hold a lone frame for up to a scheduler tick, which request/response latency cannot afford."""
+    if kind == "packet":
+        from guest.stack.device.packet import PacketDevice
+
+        return PacketDevice(iface)
+    from guest.stack.device.ring import RingDevice
+
+    return RingDevice(iface, version=3 if kind == "ring-v3" else 2)
+
+
+class MonoStack:
+    """One process: device + NetStack + session server, driven by one poll loop."""
+
+    def __init__(
+        self,
+        iface: str,
+        addr: str,
+        socket_path: str,
+        device: str = "ring-v2",
+        gateway: str | None = None,
+    ):
+        from guest.stack.device.setup import take_over
+
+        self.iface = iface
+        self.takeover = take_over(iface, offloads=False)
+        try:
+            self.dev = open_device(device, iface)
+            self.clock = time.monotonic
+            self.st = NetStack(
+                mac=self.dev.mac, addr=addr, mtu=self.dev.mtu, gateway=gateway, now=self.clock()
+            )
+            os.makedirs(os.path.dirname(socket_path) or ".", exist_ok=True)
+            if os.path.exists(socket_path):
+                os.unlink(socket_path)  # a stale socket from a stack that died
+            self.server = SessionServer(socket_path, mode=0o666)
+            self.backend = StackBackend(self.st, self.server, self.clock)
+        except BaseException:
+            self.takeover.restore()
+            raise
+        self.socket_path = socket_path
+        self.device_kind = device
+        self._stop = False
+
+    def stop(self, *_args) -> None:
+        self._stop = True
+
+    def _transmit(self, now: float) -> None:
+        frames = self.st.poll(now)
+        if frames:
+            self.dev.send_batch(frames)
+        self.dev.flush()
+
+    def run(self) -> None:
+        sel = selectors.PollSelector()
+        dev_fd = self.dev.fileno()
+        version = -1
+        server, backend, st, dev = self.server, self.backend, self.st, self.dev
+        while not self._stop:
+            if server.fds_version != version:
+                version = server.fds_version
+                sel.close()
+                sel = selectors.PollSelector()
+                sel.register(dev_fd, selectors.EVENT_READ)
+                for fd in server.fds():
+                    sel.register(fd, selectors.EVENT_READ)
+            deadline = st.next_timeout()
+            now = self.clock()
+            timeout = 0.5 if deadline is None else min(0.5, max(0.0, deadline - now))
+            if dev.tx_pending:
+                timeout = min(timeout, 0.001)
+            for key, _mask in sel.select(timeout):
+                now = self.clock()
+                if key.fd == dev_fd:
+                    for _ in range(64):  # bounded, so sessions are served under load too
+                        frames = dev.recv_batch(256)
+                        if not frames:
+                            break
+                        st.receive_frames(frames, now)
+                else:
+                    dispatch(server, backend, server.handle_readable(key.fd))
+            now = self.clock()
+            backend.handle_events()
+            for sock_id in list(backend.blocked_tx):
+                pump_tx(server, backend, sock_id)
+            self._transmit(now)
+            backend.handle_events()
+        sel.close()
+
+    def close(self) -> dict:
+        stats = {"stack": self.st.stats(), "device": asdict(self.dev.stats)}
+        try:
+            self.server.close()
+            self.dev.close()
+        finally:
+            self.takeover.restore()
+            if os.path.exists(self.socket_path):
+                os.unlink(self.socket_path)
+        return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m guest.stack.mono", description=__doc__)
+    ap.add_argument("--iface", required=True, help="NIC to take from the kernel")
+    ap.add_argument("--addr", required=True, help="the stack's address, CIDR (198.18.x.y/n)")
+    ap.add_argument("--gateway", help="default gateway (optional)")
+    ap.add_argument(
+        "--socket", help="UNIX socket for applications (default /run/stackbed/stack-IFACE.sock)"
+    )
+    ap.add_argument("--device", choices=DEVICE_KINDS, default="ring-v2")
+    args = ap.parse_args(argv)
+    path = args.socket or default_socket_path(args.iface)
+    stack = MonoStack(args.iface, args.addr, path, args.device, args.gateway)
+    signal.signal(signal.SIGTERM, stack.stop)
+    signal.signal(signal.SIGINT, stack.stop)
+    print(
+        json.dumps(
+            {
+                "event": "ready",
+                "iface": args.iface,
+                "addr": args.addr,
+                "socket": path,
+                "device": args.device,
+                "pid": os.getpid(),
+            }
+        ),
+        flush=True,
+    )
+    try:
+        stack.run()
+    finally:
+        stats = stack.close()
+        print(json.dumps({"event": "stopped", "stats": stats}, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
