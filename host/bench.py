@@ -46,6 +46,19 @@ class Target:
     server: Guest
     server_ip: str
     port: int
+    client_path: str = "--path kernel"  # the traffic tool's path options on each side
+    server_path: str = "--path kernel"
+
+
+def path_args(exp: ExperimentConfig, state: LabState, node: str) -> str:
+    """The traffic tool's options for the experiment's path on `node`: a user-level path runs
+    its own stack on the node's NIC for this link, at the node's address there."""
+    if exp.path == "kernel":
+        return "--path kernel"
+    for nic in state.node(node).nics:
+        if nic["link"] == exp.link:
+            return f"--path {exp.path} --iface {nic['name']} --addr {nic['address']}"
+    raise BenchError(f"{exp.name}: node {node} has no NIC on link {exp.link}")
 
 
 def host_cpu_times() -> tuple[int, int]:
@@ -86,11 +99,13 @@ def _pair(
 ) -> tuple[dict, dict]:
     """Start the server, run the client to completion, collect both JSON lines."""
     srv = t.server.start(
-        _traffic(server_role, f"--bind {t.server_ip} --port {t.port} {server_args}")
+        _traffic(server_role, f"{t.server_path} --bind {t.server_ip} --port {t.port} {server_args}")
     )
     try:
         cli = t.client.run(
-            _traffic(client_role, f"--peer {t.server_ip} --port {t.port} {client_args}"),
+            _traffic(
+                client_role, f"{t.client_path} --peer {t.server_ip} --port {t.port} {client_args}"
+            ),
             timeout=timeout,
         )
     finally:
@@ -102,7 +117,7 @@ def _pair(
 
 def run_stream(t: Target) -> dict:
     e = t.exp
-    common = f"--path {e.path} --timeout 30 --label {shlex.quote(e.name)}"
+    common = f"--timeout 30 --label {shlex.quote(e.name)}"
     cpu0 = host_cpu_times()
     cli, srv = _pair(
         t,
@@ -146,7 +161,7 @@ def run_stream(t: Target) -> dict:
 def run_rr(t: Target) -> dict:
     e = t.exp
     common = (
-        f"--path {e.path} --timeout 30 --label {shlex.quote(e.name)} "
+        f"--timeout 30 --label {shlex.quote(e.name)} "
         f"--req-size {e.req_size} --resp-size {e.resp_size}"
     )
     cpu0 = host_cpu_times()
@@ -274,6 +289,8 @@ def run_experiments(
             guests(exp.server),
             str(link.address_of(exp.server).ip),
             BASE_PORT + i,
+            client_path=path_args(exp, state, exp.client),
+            server_path=path_args(exp, state, exp.server),
         )
         runs = []
         for rep in range(exp.repeat):

@@ -60,7 +60,7 @@ __all__ = [
 
 #: Network stacks an experiment may exercise. Later stages add "mono" and "factored";
 #: extending this tuple is all the config layer needs.
-ALLOWED_PATHS: tuple[str, ...] = ("kernel",)
+ALLOWED_PATHS: tuple[str, ...] = ("kernel", "mono")
 
 #: RFC 2544 benchmarking range. Link addresses must stay inside it so that a mistyped
 #: config can never make the testbed send traffic to a real network.

@@ -114,6 +114,8 @@ def test_default_config_resolves() -> None:
     assert summary == {
         "kernel-stream": ("stream", "kernel", "a", "b", "a-b", 10.0),
         "kernel-rr": ("rr", "kernel", "a", "b", "a-b", 5.0),
+        "mono-stream": ("stream", "mono", "a", "b", "a-b", 10.0),
+        "mono-rr": ("rr", "mono", "a", "b", "a-b", 5.0),
         "iperf3": ("iperf3", "kernel", "a", "b", "a-b", 10.0),
         "ping": ("ping", "kernel", "a", "b", "a-b", 3.0),
     }
@@ -355,13 +357,13 @@ def test_allowed_paths_is_the_single_source_of_truth(
     lab: t
     nodes: [{name: a}, {name: b}]
     links: [{endpoints: [a, b]}]
-    experiments: [{name: m, type: stream, path: mono, client: a, server: b}]
+    experiments: [{name: m, type: stream, path: factored, client: a, server: b}]
     """
-    assert ALLOWED_PATHS == ("kernel",)
-    with pytest.raises(ConfigError, match="path 'mono' is not allowed"):
+    assert ALLOWED_PATHS == ("kernel", "mono")
+    with pytest.raises(ConfigError, match="path 'factored' is not allowed"):
         parse_lab(textwrap.dedent(text))
-    monkeypatch.setattr(config_module, "ALLOWED_PATHS", ("kernel", "mono"))
-    assert parse_lab(textwrap.dedent(text)).experiment("m").path == "mono"
+    monkeypatch.setattr(config_module, "ALLOWED_PATHS", ("kernel", "mono", "factored"))
+    assert parse_lab(textwrap.dedent(text)).experiment("m").path == "factored"
 
 
 def test_experiment_type_specific_defaults() -> None:
