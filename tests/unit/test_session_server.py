@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from guest.stack.session import SessionServer, StackClient, StackSocket, run
+from guest.stack.session import SessionServer, StackClient, StackSocket, dispatch, pump_tx, run
 from guest.stack.session.fake import BLACKHOLE, CHARGEN, CHARGEN_BLOCK, DISCARD, ECHO, FakeBackend
 from guest.stack.session.protocol import MAGIC, VERSION, Message, Op
 from guest.stack.session.ring import INDEX_LINE
@@ -287,6 +287,78 @@ def test_threads_share_one_client(stack: Stack) -> None:
         assert not errors
 
 
+# --------------------------------------------------------------- doorbell epochs, stack side
+
+
+@pytest.fixture
+def manual(stack: Stack) -> Stack:
+    """The fixture's stack with its loop stopped: the test drives `handle_readable` itself."""
+    stack.stop.set()
+    stack.thread.join(5)
+    return stack
+
+
+def _connect(stack: Stack, port: int) -> tuple[StackClient, StackSocket]:
+    """Connect with the loop driven by hand until the reply is in."""
+    app_box: list[StackClient] = []
+    sock_box: list[StackSocket] = []
+
+    def open_() -> None:
+        app_box.append(StackClient(stack.path))
+        sock_box.append(app_box[0].connect((REMOTE, port)))
+
+    opener = threading.Thread(target=open_)
+    opener.start()
+    while opener.is_alive():
+        for fd in stack.server.fds():
+            dispatch(stack.server, stack.backend, stack.server.handle_readable(fd))
+        opener.join(0.001)
+    return app_box[0], sock_box[0]
+
+
+def test_stale_tx_ring_does_not_lose_the_next_one(manual: Stack) -> None:
+    """A ring that arrives after the stack already took its data must not use up the epoch."""
+    server, backend = manual.server, manual.backend
+    app, sock = _connect(manual, DISCARD)
+    channel = sock._channel
+    assert channel is not None
+    sid = sock.sock_id
+    bell = server._sockets[sid].channel.stack_bell.fd  # type: ignore[union-attr]
+    assert channel.tx.write(b"one")  # published; the client is slow to notify
+    pump_tx(server, backend, sid)  # the stack takes it anyway (a kick), re-arms
+    assert backend.stats.discarded[sid] == 3
+    assert channel.data_notifier.notify()  # the late notify rings for the new epoch
+    dispatch(server, backend, server.handle_readable(bell))  # stale: nothing to take
+    assert channel.tx.write(b"two")
+    assert channel.data_notifier.notify()  # ... and the next data still rings
+    dispatch(server, backend, server.handle_readable(bell))
+    assert backend.stats.discarded[sid] == 6
+    app.close()
+
+
+def test_stale_rx_space_ring_does_not_lose_the_next_one(manual: Stack) -> None:
+    """Likewise for 'room in the receive ring' rings."""
+    server, backend = manual.server, manual.backend
+    app, sock = _connect(manual, CHARGEN)
+    channel = sock._channel
+    assert channel is not None
+    sid = sock.sock_id
+    stack_side = server._sockets[sid].channel
+    assert stack_side is not None
+    assert stack_side.rx_ring.free() == 0  # full: the stack waits for room
+    buf = bytearray(channel.layout.rx.slot_size)
+    channel.rx.read_into(buf)  # frees a slot; the client is slow to notify
+    backend.rx_space(sid)  # the stack refills anyway, re-arms
+    assert stack_side.rx_ring.free() == 0
+    assert channel.space_notifier.notify()  # late: rings for the new epoch
+    dispatch(server, backend, server.handle_readable(stack_side.stack_bell.fd))  # stale
+    channel.rx.read_into(buf)
+    assert channel.space_notifier.notify()  # the next room still rings
+    dispatch(server, backend, server.handle_readable(stack_side.stack_bell.fd))
+    assert stack_side.rx_ring.free() == 0  # refilled
+    app.close()
+
+
 # --------------------------------------------------------------------- fault containment
 
 
@@ -350,6 +422,25 @@ def test_garbage_control_messages_drop_only_that_session(stack: Stack) -> None:
         sock.sendall(b"still fine")
         assert sock.recv(100) == b"still fine"
         raw.close()
+
+
+def test_out_of_fds_fails_one_request(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    import guest.stack.session.server as server_module
+
+    real = server_module.StackChannel
+
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    with StackClient(stack.path) as app:
+        monkeypatch.setattr(server_module, "StackChannel", exhausted)
+        with pytest.raises(OSError) as info:
+            app.connect((REMOTE, ECHO))
+        assert info.value.errno == errno.EMFILE
+        monkeypatch.setattr(server_module, "StackChannel", real)
+        sock = app.connect((REMOTE, ECHO))
+        sock.sendall(b"recovered")
+        assert sock.recv(100) == b"recovered"
 
 
 # ------------------------------------------------------------------ across processes

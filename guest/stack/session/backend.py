@@ -11,6 +11,7 @@ packet handlers.
 
 from __future__ import annotations
 
+import os
 import selectors
 import threading
 import time
@@ -128,6 +129,7 @@ def run(
             if ready:
                 busy_until = time.monotonic() + spin
             elif time.monotonic() < busy_until:
+                os.sched_yield()  # an application runnable on our CPU gets to run
                 continue
             else:
                 ready = selector.select(poll_interval)

@@ -21,7 +21,11 @@ ring, and a new odd value for every new sleep. A notifier rings once per epoch: 
 is still waking up (tens of microseconds) the producer may publish many more messages, and a
 boolean would cost a ring for each of them, all for one wakeup. Skipping is safe because the
 first ring keeps the eventfd readable until the sleeper wakes, and after waking it clears its
-flag, fences and re-checks its condition before anything else.
+flag, fences and re-checks its condition before anything else. The rule that makes it safe:
+*whoever consumes a ring and still wants the next one arms a fresh epoch*. A ring can be stale
+(rung for data the sleeper already took while it was busy); keeping the old epoch armed after
+draining it would leave the notifier believing it had already rung, for ever. `Waiter` starts a
+new epoch on every sleep; the session server re-arms after every bell it drains.
 
 `always=True` on the notifier disables the suppression (a ring per notification), to measure
 what it saves.
@@ -197,6 +201,7 @@ class Waiter:
                 if cond():
                     self.stats.spin_hits += 1
                     return True
+                os.sched_yield()  # a peer runnable on our CPU gets to make `cond` true
         flag, stats = self.flag, self.stats
         while True:
             flag.arm()

@@ -455,6 +455,8 @@ class SessionServer:
                 self._on_message(session, msg)
             except ProtocolError:
                 self._bad(session)
+            except OSError as exc:  # out of fds or memory for a channel: that request fails
+                self._answer(session, msg, exc.errno or errno.EIO)
 
     def _bad(self, session: _Session) -> None:
         self.stats.bad_messages += 1
@@ -593,7 +595,9 @@ class SessionServer:
         sock.client_open = False
         self._answer(session, msg, 0)
         for token in [t for t in session.pending.values() if self._pending[t].sock is sock]:
-            self._cancel_token(token, errno.EBADF)
+            self._cancel_token(token, errno.EBADF)  # closed while connecting: aborted
+        if sock.sock_id not in self._sockets:
+            return
         if sock.kind == _Kind.STREAM:
             if sock.channel is None:  # already reset (corrupt ring): the stack was told
                 self._forget(sock)
@@ -643,15 +647,26 @@ class SessionServer:
             send(ShutdownReq(sock.sock_id))
 
     def _on_bell(self, sock: _Socket) -> None:
+        """The client rang. A ring answers one epoch of a flag (see `doorbell`), and may be
+        stale: rung for data a pump already took, or for room already refilled. Whatever the
+        stack still wants after this, it re-arms with a fresh epoch, or the client, having rung
+        for the old epoch, would never ring again: a lost wakeup."""
         channel = sock.channel
         if channel is None:
             return
         channel.stack_bell.drain()
-        if channel.tx.readable() and not sock.tx_closed:
-            self._emit(TxReady(sock.sock_id))
-        if channel.wanted(WANT_RXSPACE) and channel.rx_ring.free() > 0:
-            channel.want(WANT_RXSPACE, False)
-            self._emit(RxSpace(sock.sock_id))
+        if not sock.tx_closed:
+            if channel.tx.readable():
+                self._emit(TxReady(sock.sock_id))  # the pump re-arms once it has drained
+            elif channel.wanted(WANT_TX) and channel.arm_tx():
+                self._emit(TxReady(sock.sock_id))
+        if channel.wanted(WANT_RXSPACE):
+            if channel.rx_ring.free() == 0:
+                channel.want(WANT_RXSPACE, True)  # stale ring: a fresh epoch, then re-check
+                fence()
+            if channel.rx_ring.free() > 0:
+                channel.want(WANT_RXSPACE, False)
+                self._emit(RxSpace(sock.sock_id))
         if channel.corrupt:
             self._corrupt(sock)
 
@@ -723,7 +738,13 @@ class SessionServer:
             self._reply(session, msg.reply(status=errno.ECONNRESET))
             self._forget(sock)
             return
-        fds = channel.peer_fds()
+        try:
+            fds = channel.peer_fds()
+        except OSError as exc:  # out of fds: this connection cannot be handed over
+            self._reply(session, msg.reply(status=exc.errno or errno.EIO))
+            self._post(CloseReq(sock.sock_id, abort=True))
+            self._forget(sock)
+            return
         try:
             payload = pack_geometry(channel.layout.tx, channel.layout.rx)
             self._reply(
