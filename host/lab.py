@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -140,6 +140,7 @@ class Lab:
         self._guests: dict[str, Guest] = {}
         self._run_dir: Path | None = None
         self._lock = threading.Lock()
+        self._cancel = threading.Event()  # set by down(): boot waits still running give up
 
     # --- bring-up -------------------------------------------------------------------------
 
@@ -292,7 +293,7 @@ class Lab:
 
         def ready(node: NodeState) -> None:
             guest = self.state.guest(node.name)
-            guest.wait_ready(deadline, Path(node.console_log))
+            guest.wait_ready(deadline, Path(node.console_log), cancel=self._cancel)
             node.boot_seconds = round(time.monotonic() - started[node.name], 2)
             self._guests[node.name] = guest
             self.progress(
@@ -309,11 +310,19 @@ class Lab:
 
     @staticmethod
     def _parallel(fn: Callable, items: list) -> None:
-        """Run fn over items in threads; re-raise the first failure after all have finished."""
+        """Run fn over items in threads; re-raise the first failure after all have finished.
+
+        An interrupt while waiting must not join the workers (a `with` block would): the
+        caller's teardown has to run first, which is what makes the workers stop.
+        """
         if not items:
             return
-        with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+        pool = ThreadPoolExecutor(max_workers=min(16, len(items)))
+        try:
             futures = [pool.submit(fn, item) for item in items]
+            wait(futures)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             raise errors[0]
@@ -329,6 +338,7 @@ class Lab:
 
     def down(self) -> None:
         """Destroy every domain (in parallel: each takes 1-2 s here), then remove every file."""
+        self._cancel.set()
         for guest in self._guests.values():
             guest.close()
         self._guests.clear()

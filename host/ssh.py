@@ -79,14 +79,24 @@ class Guest:
         except OSError:
             return False
 
-    def wait_ready(self, deadline: float, console_log: Path | None = None) -> None:
-        """Block until a command runs in the guest or `deadline` (monotonic) passes."""
+    def wait_ready(
+        self,
+        deadline: float,
+        console_log: Path | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        """Block until a command runs in the guest or `deadline` (monotonic) passes; stop at
+        once when `cancel` is set (the lab is being torn down: nobody waits for this guest)."""
         last_err: Exception | None = None
         while time.monotonic() < deadline:
+            if cancel is not None and cancel.is_set():
+                raise GuestError(f"guest {self.name}: bring-up cancelled")
             if self._banner_ready(timeout=2.0):
                 try:
-                    self.connect(timeout=max(1.0, deadline - time.monotonic()))
-                    self.run("true", timeout=max(1.0, deadline - time.monotonic())).check()
+                    # Each attempt is short, so a cancel or the deadline is noticed soon.
+                    attempt = min(10.0, max(1.0, deadline - time.monotonic()))
+                    self.connect(timeout=attempt)
+                    self.run("true", timeout=attempt).check()
                     return
                 except (OSError, paramiko.SSHException, GuestError) as e:
                     last_err = e
