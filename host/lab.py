@@ -380,9 +380,15 @@ class Lab:
 
 
 def terminate_on_sigterm() -> None:
-    """Make SIGTERM unwind like Ctrl-C, so that `with Lab(...)` tears down on either."""
+    """Make SIGTERM unwind like Ctrl-C, so that `with Lab(...)` tears down on either.
+
+    SIGINT's handler is installed explicitly too: a process started from a background job of a
+    non-interactive shell inherits SIGINT ignored, Python keeps it ignored, and a lab owner
+    that ignores Ctrl-C would leave its lab running.
+    """
 
     def handler(_sig, _frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -29,7 +29,8 @@ def _wait_clean(lab: str, ports: list[int], run_dir: str, timeout: float = 60) -
         time.sleep(0.5)
 
 
-def _start_keeper(name: str) -> subprocess.Popen:
+def _start_keeper(name: str, ignore_sigint: bool = False) -> subprocess.Popen:
+    """A lab owner in its own process; `_reap` makes sure no failing test leaves it running."""
     return subprocess.Popen(
         [sys.executable, "-m", "host.keeper", str(DEFAULT_CONFIG), "--name", name],
         cwd=PROJECT_ROOT,
@@ -37,7 +38,17 @@ def _start_keeper(name: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        if ignore_sigint
+        else None,
     )
+
+
+def _reap(keeper: subprocess.Popen) -> None:
+    """SIGKILL a keeper a test left alive: libvirt and its guardian then clean up its lab."""
+    if keeper.poll() is None:
+        keeper.kill()
+        keeper.wait(timeout=30)
 
 
 def _wait_for_domains(name: str, count: int, timeout: float = 120) -> LabState:
@@ -64,11 +75,16 @@ def test_lab_down_leaves_nothing():
 
 def test_ctrl_c_during_bring_up_tears_everything_down():
     name = unique_lab_name("ti")
-    keeper = _start_keeper(name)
-    state = _wait_for_domains(name, 2)  # domains exist, guests still booting
-    keeper.send_signal(signal.SIGINT)
-    # Below the 90 s boot deadline: boot waits must be cancelled, not waited out.
-    out, _ = keeper.communicate(timeout=60)
+    # Started with SIGINT ignored, as a background job of a script would be: the owner must
+    # still take Ctrl-C.
+    keeper = _start_keeper(name, ignore_sigint=True)
+    try:
+        state = _wait_for_domains(name, 2)  # domains exist, guests still booting
+        keeper.send_signal(signal.SIGINT)
+        # Below the 90 s boot deadline: boot waits must be cancelled, not waited out.
+        out, _ = keeper.communicate(timeout=60)
+    finally:
+        _reap(keeper)
     assert "READY" not in out, "the interrupt came too late to test an interrupted bring-up"
     ports = [n.ssh_port for n in state.nodes]
     assert _wait_clean(name, ports, state.run_dir, timeout=10) == {}
@@ -77,15 +93,16 @@ def test_ctrl_c_during_bring_up_tears_everything_down():
 def test_sigkilled_owner_leaves_nothing_behind():
     name = unique_lab_name("tk")
     keeper = _start_keeper(name)
-    for line in keeper.stdout:
-        if line.startswith("READY") or line.startswith("FAILED"):
-            break
-    assert line.startswith("READY"), line
-    state = LabState.load(name)
-    ports = [n.ssh_port for n in state.nodes]
-    assert len(domains_of(name)) == 2
-    keeper.kill()  # SIGKILL: no teardown code of ours runs in the owner
-    keeper.wait(timeout=10)
+    try:
+        for line in keeper.stdout:
+            if line.startswith("READY") or line.startswith("FAILED"):
+                break
+        assert line.startswith("READY"), line
+        state = LabState.load(name)
+        ports = [n.ssh_port for n in state.nodes]
+        assert len(domains_of(name)) == 2
+    finally:
+        _reap(keeper)  # SIGKILL: no teardown code of ours runs in the owner
     # libvirt's AUTODESTROY kills the domains, the guardian removes the files
     assert _wait_clean(name, ports, state.run_dir, timeout=60) == {}
 
