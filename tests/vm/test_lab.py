@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 from guest.traffic import Pattern
 from host.ssh import GUEST_DIR
@@ -80,3 +81,53 @@ def test_kernel_request_response(lab):
     assert client["transactions"] == served["transactions"] == 300
     lat = client["latency_us"]
     assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"]
+
+
+NETEM = "delay 1ms loss 2% duplicate 1% corrupt 0.5% reorder 10% 50%"
+
+
+def test_mono_survives_a_bad_link_both_ways(lab):
+    """Our stack on a, Linux on b, netem impairing both egresses (inside the guests: this
+    host's kernel has no netem): the stream arrives byte-identical in each direction."""
+    ip_a = str(lab.config.link_between("a", "b").address_of("a"))
+    ip_b = _server_ip(lab)
+    a, b = lab.guest("a"), lab.guest("b")
+    mono = f"--path mono --iface eth1 --addr {ip_a}"
+    nbytes = 1_500_000
+    for g in (a, b):
+        g.run(f"tc qdisc replace dev eth1 root netem {NETEM}").check()
+    try:
+        sink = b.start(_traffic("sink", f"--bind {ip_b} --port 6101"))
+        src = _result(
+            a.run(
+                _traffic("source", f"{mono} --peer {ip_b} --port 6101 --bytes {nbytes} --seed 7"),
+                timeout=300,
+            )
+        )
+        got = _result(sink.wait(timeout=120))
+        assert src["bytes"] == got["bytes"] == nbytes
+        assert src["sha256"] == got["sha256"]
+
+        sink = a.start(_traffic("sink", f"{mono} --port 6102"))
+        src = _result(
+            b.run(
+                _traffic(
+                    "source",
+                    f"--peer {ip_a.split('/')[0]} --port 6102 "
+                    f"--bytes {nbytes} --seed 8 "
+                    "--connect-timeout 60",
+                ),
+                timeout=300,
+            )
+        )
+        got = _result(sink.wait(timeout=120))
+        assert got["path"] == "mono"
+        assert src["bytes"] == got["bytes"] == nbytes
+        assert src["sha256"] == got["sha256"]
+        for g in (a, b):  # the impairment really acted on both sides' frames
+            stats = g.run("tc -s qdisc show dev eth1").check().stdout
+            dropped = re.search(r"dropped (\d+)", stats)
+            assert dropped and int(dropped.group(1)) > 0, stats
+    finally:
+        for g in (a, b):
+            g.run("tc qdisc del dev eth1 root 2>/dev/null; true")
