@@ -20,6 +20,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from guest.stack.tcp.sim import ImpairedLink
+
 from .events import (
     TERMINAL_EVENTS,
     Accepted,
@@ -61,60 +63,28 @@ class LinkConfig:
     drop_if: Callable[[bytearray], bool] | None = None
 
 
-@dataclass(slots=True)
-class LinkStats:
-    offered: int = 0
-    delivered: int = 0
-    lost: int = 0
-    duplicated: int = 0
-    reordered: int = 0
-    corrupted: int = 0
-    queue_drops: int = 0
-
-
-class Link:
-    """Decides each frame's fate and arrival time(s)."""
-
-    def __init__(self, config: LinkConfig, rng: random.Random) -> None:
-        self.config = config
-        self.rng = rng
-        self.stats = LinkStats()
-        self._busy_until = 0.0
+class Link(ImpairedLink):
+    """A link carrying whole Ethernet frames: a corrupted frame arrives with one bit flipped,
+    for the receiving stack's checksums to catch."""
 
     def transmit(self, frame: bytearray, now: float) -> list[tuple[float, bytearray]]:
         cfg = self.config
-        rng = self.rng
-        st = self.stats
-        st.offered += 1
         if cfg.drop_if is not None and cfg.drop_if(frame):
-            st.lost += 1
+            self.stats.offered += 1
+            self.stats.lost += 1
             return []
-        depart = now
-        if cfg.bandwidth:
-            start = max(now, self._busy_until)
-            if cfg.queue_bytes is not None and (start - now) * cfg.bandwidth / 8 > cfg.queue_bytes:
-                st.queue_drops += 1
-                return []
-            self._busy_until = start + (len(frame) + 24) * 8 / cfg.bandwidth  # + preamble, FCS, IFG
-            depart = self._busy_until
-        if cfg.loss and rng.random() < cfg.loss:
-            st.lost += 1
-            return []
-        if cfg.corrupt and rng.random() < cfg.corrupt:
-            st.corrupted += 1
-            frame = bytearray(frame)
-            i = rng.randrange(len(frame))
-            frame[i] ^= 1 << rng.randrange(8)
-        arrival = depart + cfg.delay
-        if cfg.reorder and rng.random() < cfg.reorder:
-            st.reordered += 1
-            arrival += rng.uniform(0, cfg.reorder_delay)
-        out = [(arrival, frame)]
-        if cfg.duplicate and rng.random() < cfg.duplicate:
-            st.duplicated += 1
-            out.append((arrival + rng.uniform(0, cfg.reorder_delay), frame))
-        st.delivered += len(out)
-        return out
+        delivered = [frame]
+
+        def flip_a_bit() -> bool:
+            damaged = bytearray(frame)
+            i = self.rng.randrange(len(damaged))
+            damaged[i] ^= 1 << self.rng.randrange(8)
+            delivered[0] = damaged
+            return True
+
+        # + preamble, FCS and inter-frame gap on the wire
+        times = self.schedule(len(frame) + 24, now, flip_a_bit)
+        return [(t, delivered[0]) for t in times]
 
 
 EventHandler = Callable[["Host", StackEvent], None]

@@ -66,8 +66,14 @@ class LinkStats:
     queue_drops: int = 0
 
 
-class Link:
-    """A unidirectional link that decides each segment's fate and arrival time(s)."""
+class ImpairedLink:
+    """One direction of a simulated link: decides each item's fate and arrival time(s).
+
+    Shared by this segment-level simulator and the frame-level one in `guest.stack.core.sim`,
+    which differ only in what an item is, how its size on the wire is counted, and what
+    corruption does to it (`on_corrupt`). The random draws happen in one fixed order, so a seed
+    reproduces a run exactly.
+    """
 
     def __init__(self, config: LinkConfig, rng: random.Random) -> None:
         self.config = config
@@ -75,8 +81,12 @@ class Link:
         self.stats = LinkStats()
         self._busy_until = 0.0
 
-    def transmit(self, seg: TcpRepr, now: float) -> list[float]:
-        """Arrival times of `seg` (empty when it is lost or corrupted)."""
+    def schedule(self, wire_bytes: int, now: float, on_corrupt: Callable[[], bool]) -> list[float]:
+        """Arrival times of an item of `wire_bytes` offered at `now` (empty when it is lost).
+
+        `on_corrupt` runs when the item is corrupted, before any later draw: it returns False
+        to lose the item (a receiver would drop it on the checksum), True to deliver it.
+        """
         cfg = self.config
         rng = self.rng
         st = self.stats
@@ -88,14 +98,15 @@ class Link:
             if cfg.queue_bytes is not None and backlog > cfg.queue_bytes:
                 st.queue_drops += 1
                 return []
-            self._busy_until = start + (len(seg.payload) + cfg.header_bytes) * 8 / cfg.bandwidth
+            self._busy_until = start + wire_bytes * 8 / cfg.bandwidth
             depart = self._busy_until
         if cfg.loss and rng.random() < cfg.loss:
             st.lost += 1
             return []
         if cfg.corrupt and rng.random() < cfg.corrupt:
-            st.corrupted += 1  # a real receiver drops it on the checksum
-            return []
+            st.corrupted += 1
+            if not on_corrupt():
+                return []
         arrival = depart + cfg.delay
         if cfg.reorder and rng.random() < cfg.reorder:
             st.reordered += 1
@@ -106,6 +117,18 @@ class Link:
             times.append(arrival + rng.uniform(0, cfg.reorder_delay))
         st.delivered += len(times)
         return times
+
+
+def _lose() -> bool:
+    return False
+
+
+class Link(ImpairedLink):
+    """A link carrying TCP segments; a corrupted segment is lost."""
+
+    def transmit(self, seg: TcpRepr, now: float) -> list[float]:
+        """Arrival times of `seg` (empty when it is lost or corrupted)."""
+        return self.schedule(len(seg.payload) + self.config.header_bytes, now, _lose)
 
 
 class StreamApp:
