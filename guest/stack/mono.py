@@ -29,7 +29,7 @@ from guest.stack.core import events as ev
 from guest.stack.core.netstack import NetStack
 from guest.stack.device.base import Device
 from guest.stack.session import requests as rq
-from guest.stack.session.backend import dispatch, pump_tx
+from guest.stack.session.backend import dispatch
 from guest.stack.session.server import SessionServer
 from guest.stack.wire.addr import ipv4
 
@@ -346,9 +346,7 @@ class MonoStack:
                 else:
                     dispatch(server, backend, server.handle_readable(key.fd))
             now = self.clock()
-            backend.handle_events()
-            for sock_id in list(backend.blocked_tx):
-                pump_tx(server, backend, sock_id)
+            backend.handle_events()  # a Writable event re-queues blocked senders (tx_kick)
             self._transmit(now)
             backend.handle_events()
         sel.close()
