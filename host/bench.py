@@ -27,7 +27,7 @@ from pathlib import Path
 from host.config import ExperimentConfig, LabConfig
 from host.lab import LabState
 from host.paths import PROJECT_ROOT, results_dir
-from host.ssh import GUEST_DIR, Guest, GuestError
+from host.ssh import Guest, GuestError, traffic_command
 
 INTEGRITY_BYTES = 8 * 1024 * 1024
 BASE_PORT = 5001
@@ -73,10 +73,6 @@ def host_cpu_since(start: tuple[int, int]) -> float | None:
     return round((busy - start[0]) / (total - start[1]), 3) if total > start[1] else None
 
 
-def _traffic(role: str, args: str) -> str:
-    return f"cd {GUEST_DIR} && exec python3 -m guest.traffic {role} {args}"
-
-
 def _json_line(result, what: str) -> dict:
     for line in reversed(result.stdout.strip().splitlines()):
         if line.startswith("{"):
@@ -99,11 +95,13 @@ def _pair(
 ) -> tuple[dict, dict]:
     """Start the server, run the client to completion, collect both JSON lines."""
     srv = t.server.start(
-        _traffic(server_role, f"{t.server_path} --bind {t.server_ip} --port {t.port} {server_args}")
+        traffic_command(
+            server_role, f"{t.server_path} --bind {t.server_ip} --port {t.port} {server_args}"
+        )
     )
     try:
         cli = t.client.run(
-            _traffic(
+            traffic_command(
                 client_role, f"{t.client_path} --peer {t.server_ip} --port {t.port} {client_args}"
             ),
             timeout=timeout,

@@ -24,6 +24,11 @@ from host.paths import PROJECT_ROOT
 GUEST_DIR = "/opt/stackbed"
 
 
+def traffic_command(role: str, args: str) -> str:
+    """The shell command that runs the traffic tool as deployed in a guest."""
+    return f"cd {GUEST_DIR} && exec python3 -m guest.traffic {role} {args}"
+
+
 class GuestError(RuntimeError):
     pass
 

@@ -7,13 +7,9 @@ import json
 import re
 
 from guest.traffic import Pattern
-from host.ssh import GUEST_DIR
+from host.ssh import traffic_command
 
 STREAM_BYTES = 3 * 1_000_003 + 4321  # crosses the pattern block boundary more than once
-
-
-def _traffic(role: str, args: str) -> str:
-    return f"cd {GUEST_DIR} && exec python3 -m guest.traffic {role} {args}"
 
 
 def _result(cmd) -> dict:
@@ -46,10 +42,10 @@ def test_ping_across_the_e1000_link(lab):
 
 def test_kernel_stream_is_byte_identical_at_both_ends(lab):
     ip = _server_ip(lab)
-    sink = lab.guest("b").start(_traffic("sink", f"--path kernel --bind {ip} --port 6001"))
+    sink = lab.guest("b").start(traffic_command("sink", f"--path kernel --bind {ip} --port 6001"))
     source = _result(
         lab.guest("a").run(
-            _traffic(
+            traffic_command(
                 "source",
                 f"--path kernel --peer {ip} --port 6001 --bytes {STREAM_BYTES} "
                 "--seed 42 --msg-size 50000",
@@ -67,11 +63,11 @@ def test_kernel_stream_is_byte_identical_at_both_ends(lab):
 def test_kernel_request_response(lab):
     ip = _server_ip(lab)
     server = lab.guest("b").start(
-        _traffic("rr-server", f"--bind {ip} --port 6002 --req-size 100 --resp-size 2000")
+        traffic_command("rr-server", f"--bind {ip} --port 6002 --req-size 100 --resp-size 2000")
     )
     client = _result(
         lab.guest("a").run(
-            _traffic(
+            traffic_command(
                 "rr-client", f"--peer {ip} --port 6002 --count 300 --req-size 100 --resp-size 2000"
             ),
             timeout=120,
@@ -97,10 +93,12 @@ def test_mono_survives_a_bad_link_both_ways(lab):
     for g in (a, b):
         g.run(f"tc qdisc replace dev eth1 root netem {NETEM}").check()
     try:
-        sink = b.start(_traffic("sink", f"--bind {ip_b} --port 6101"))
+        sink = b.start(traffic_command("sink", f"--bind {ip_b} --port 6101"))
         src = _result(
             a.run(
-                _traffic("source", f"{mono} --peer {ip_b} --port 6101 --bytes {nbytes} --seed 7"),
+                traffic_command(
+                    "source", f"{mono} --peer {ip_b} --port 6101 --bytes {nbytes} --seed 7"
+                ),
                 timeout=300,
             )
         )
@@ -108,10 +106,10 @@ def test_mono_survives_a_bad_link_both_ways(lab):
         assert src["bytes"] == got["bytes"] == nbytes
         assert src["sha256"] == got["sha256"]
 
-        sink = a.start(_traffic("sink", f"{mono} --port 6102"))
+        sink = a.start(traffic_command("sink", f"{mono} --port 6102"))
         src = _result(
             b.run(
-                _traffic(
+                traffic_command(
                     "source",
                     f"--peer {ip_a.split('/')[0]} --port 6102 "
                     f"--bytes {nbytes} --seed 8 "
