@@ -28,6 +28,7 @@ from dataclasses import asdict
 from guest.stack.core import events as ev
 from guest.stack.core.netstack import NetStack
 from guest.stack.device.base import Device
+from guest.stack.nic import LEVERS, Nic, Offloads
 from guest.stack.session import requests as rq
 from guest.stack.session.backend import dispatch
 from guest.stack.session.server import SessionServer
@@ -35,6 +36,16 @@ from guest.stack.wire.addr import ipv4
 
 RECV_CHUNK = 256 * 1024
 DEVICE_KINDS = ("ring-v2", "ring-v3", "packet")
+DEFAULT_OFFLOADS = Offloads()
+#: How long a stack asked to stop keeps running to finish close handshakes (FIN, last data).
+DEFAULT_LINGER_S = 5.0
+
+
+def _offloads(text: str) -> Offloads:
+    try:
+        return Offloads.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def default_socket_path(iface: str) -> str:
@@ -263,16 +274,16 @@ class StackBackend:
             self._drain(sock_id, handle)
 
 
-def open_device(kind: str, iface: str) -> Device:
+def open_device(kind: str, iface: str, vnet_hdr: bool = False) -> Device:
     """The NIC from user level. ring-v2 is the default: TPACKET_V3's block retire timer would
     hold a lone frame for up to a scheduler tick, which request/response latency cannot afford."""
     if kind == "packet":
         from guest.stack.device.packet import PacketDevice
 
-        return PacketDevice(iface)
+        return PacketDevice(iface, vnet_hdr=vnet_hdr)
     from guest.stack.device.ring import RingDevice
 
-    return RingDevice(iface, version=3 if kind == "ring-v3" else 2)
+    return RingDevice(iface, version=3 if kind == "ring-v3" else 2, vnet_hdr=vnet_hdr)
 
 
 class MonoStack:
@@ -285,16 +296,25 @@ class MonoStack:
         socket_path: str,
         device: str = "ring-v2",
         gateway: str | None = None,
+        offloads: Offloads = DEFAULT_OFFLOADS,
+        linger: float = DEFAULT_LINGER_S,
     ):
         from guest.stack.device.setup import take_over
 
         self.iface = iface
-        self.takeover = take_over(iface, offloads=False)
+        self.takeover = take_over(iface, offloads.features)
         try:
-            self.dev = open_device(device, iface)
+            self.dev = open_device(device, iface, offloads.vnet_hdr)
+            self.nic = Nic(self.dev, offloads)
             self.clock = time.monotonic
             self.st = NetStack(
-                mac=self.dev.mac, addr=addr, mtu=self.dev.mtu, gateway=gateway, now=self.clock()
+                mac=self.dev.mac,
+                addr=addr,
+                mtu=self.dev.mtu,
+                gateway=gateway,
+                now=self.clock(),
+                tso_max_size=self.nic.tso_max_size,
+                tx_checksum_offload=self.nic.tx_checksum_offload,
             )
             os.makedirs(os.path.dirname(socket_path) or ".", exist_ok=True)
             if os.path.exists(socket_path):
@@ -306,6 +326,7 @@ class MonoStack:
             raise
         self.socket_path = socket_path
         self.device_kind = device
+        self.linger = linger
         self._stop = False
 
     def stop(self, *_args) -> None:
@@ -314,7 +335,7 @@ class MonoStack:
     def _transmit(self, now: float) -> None:
         frames = self.st.poll(now)
         if frames:
-            self.dev.send_batch(frames)
+            self.nic.transmit(frames)
         self.dev.flush()
 
     def run(self) -> None:
@@ -322,7 +343,16 @@ class MonoStack:
         dev_fd = self.dev.fileno()
         version = -1
         server, backend, st, dev = self.server, self.backend, self.st, self.dev
-        while not self._stop:
+        nic_receive, deliver = self.nic.receive, st.receive_frame
+        linger_until: float | None = None
+        while True:
+            if self._stop:
+                # Asked to stop: finish the close handshakes under way first (see
+                # NetStack.tcp_lingering), for at most `linger` seconds.
+                if linger_until is None:
+                    linger_until = self.clock() + self.linger
+                if not st.tcp_lingering() or self.clock() >= linger_until:
+                    break
             if server.fds_version != version:
                 version = server.fds_version
                 sel.close()
@@ -335,14 +365,14 @@ class MonoStack:
             timeout = 0.5 if deadline is None else min(0.5, max(0.0, deadline - now))
             if dev.tx_pending:
                 timeout = min(timeout, 0.001)
+            elif linger_until is not None:
+                timeout = min(timeout, 0.05)
             for key, _mask in sel.select(timeout):
                 now = self.clock()
                 if key.fd == dev_fd:
                     for _ in range(64):  # bounded, so sessions are served under load too
-                        frames = dev.recv_batch(256)
-                        if not frames:
+                        if not nic_receive(deliver, now, 256):
                             break
-                        st.receive_frames(frames, now)
                 else:
                     dispatch(server, backend, server.handle_readable(key.fd))
             now = self.clock()
@@ -352,7 +382,11 @@ class MonoStack:
         sel.close()
 
     def close(self) -> dict:
-        stats = {"stack": self.st.stats(), "device": asdict(self.dev.stats)}
+        stats = {
+            "stack": self.st.stats(),
+            "device": asdict(self.dev.stats),
+            "nic": self.nic.stats(),
+        }
         try:
             self.server.close()
             self.dev.close()
@@ -372,9 +406,15 @@ def main(argv: list[str] | None = None) -> int:
         "--socket", help="UNIX socket for applications (default /run/stackbed/stack-IFACE.sock)"
     )
     ap.add_argument("--device", choices=DEVICE_KINDS, default="ring-v2")
+    ap.add_argument(
+        "--offload",
+        type=_offloads,
+        default=DEFAULT_OFFLOADS,
+        help=f"none, all, or a comma list of {', '.join(LEVERS)} (default {DEFAULT_OFFLOADS})",
+    )
     args = ap.parse_args(argv)
     path = args.socket or default_socket_path(args.iface)
-    stack = MonoStack(args.iface, args.addr, path, args.device, args.gateway)
+    stack = MonoStack(args.iface, args.addr, path, args.device, args.gateway, args.offload)
     signal.signal(signal.SIGTERM, stack.stop)
     signal.signal(signal.SIGINT, stack.stop)
     print(
@@ -385,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                 "addr": args.addr,
                 "socket": path,
                 "device": args.device,
+                "offload": str(args.offload),
                 "pid": os.getpid(),
             }
         ),

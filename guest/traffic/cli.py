@@ -81,6 +81,12 @@ def _common_options() -> argparse.ArgumentParser:
         default="ring-v2",
         help="NIC access of a stack started for the run",
     )
+    user.add_argument(
+        "--stack-offload",
+        default="none",
+        help="offload levers of a stack started for the run: none, all, or a comma list of "
+        "csum, tso, gro (default none)",
+    )
     return common
 
 
@@ -161,7 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     provider = None
     try:
         provider = PROVIDERS[args.path](args)
-        emit(RUNNERS[args.role](args, provider))
+        result = RUNNERS[args.role](args, provider)
+        stack = _close(provider)
+        provider = None
+        if stack:
+            result["stack"] = stack  # the counters of a stack this run started, on its exit
+        emit(result)
         return EXIT_OK
     except TrafficError as exc:
         return _fail(args, str(exc), EXIT_NET_ERROR)
@@ -170,9 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail(args, "interrupted", EXIT_INTERRUPTED)
     finally:
-        close = getattr(provider, "close", None)
-        if close is not None:
-            close()
+        _close(provider)
+
+
+def _close(provider: object) -> dict | None:
+    """Close the provider; what it reports on closing (a started stack's counters) or None."""
+    close = getattr(provider, "close", None)
+    return close() if close is not None else None
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:

@@ -103,6 +103,8 @@ class MonoProvider:
             self.path,
             "--device",
             args.stack_device,
+            "--offload",
+            args.stack_offload,
         ]
         self._proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -110,8 +112,10 @@ class MonoProvider:
         ready, _, _ = select.select([self._proc.stdout], [], [], START_TIMEOUT_S)
         line = self._proc.stdout.readline() if ready else ""
         if not line.startswith('{"event": "ready"'):
-            self.close()
-            err = self._proc.stderr.read()[-600:] if self._proc.poll() is not None else ""
+            proc, self._proc = self._proc, None
+            if proc.poll() is None:
+                proc.kill()
+            err = proc.communicate()[1][-600:]
             raise TrafficError(
                 f"the {self.name} stack did not start on {self.iface}: "
                 f"{line.strip() or 'no answer'} {err.strip()}"
@@ -124,18 +128,24 @@ class MonoProvider:
     def listen(self, bind: str, port: int, *, timeout: float, nodelay: bool) -> _Listener:
         return _Listener(self.client.listen(port), timeout)
 
-    def close(self) -> None:
-        """Leave the stack as found: one this provider started is stopped."""
+    def close(self) -> dict | None:
+        """Leave the stack as found: one this provider started is stopped. Returns the
+        counters that stack printed on exit (None for a reused stack, or on a second call)."""
         client = getattr(self, "client", None)
         if client is not None:
             client.close()
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        if self._proc is not None:
-            for stream in (self._proc.stdout, self._proc.stderr):
-                stream.close()
+            self.client = None
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            out, _err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _err = proc.communicate()
+        for line in reversed(out.splitlines()):
+            if line.startswith('{"event": "stopped"'):
+                return json.loads(line).get("stats")
+        return None

@@ -135,6 +135,58 @@ def test_tso_frame_carries_mss() -> None:
     assert all(len(f) - 66 <= 30000 for f in big)
 
 
+def test_tso_super_segments_come_from_the_connection() -> None:
+    """With TSO the connection itself emits new data in super-segments (TcpConfig.tso_size):
+    a window's worth leaves as one frame, built once, not as MSS segments merged later."""
+    net = make_network(a={"tso_max_size": 65455}, tcp_config=FAST_CLOSE)
+    a = net.a.stack
+    net.b.serve(80, StreamApp)
+    h = a.tcp_connect(IP_B, 80, net.now)
+    net.run(until=net.now + 2, stop=lambda: any(type(e) is Connected for e in net.a.log))
+    before = a.socket_info(h)["stats"]["segments_out"]  # type: ignore[index]
+    assert a.tcp_send(h, payload(100_000, 11)) == 100_000
+    frames = a.poll(net.now)
+    # The initial window (IW10) in one TSO frame, whole MSS multiples (a short tail would be
+    # a silly-window segment on the wire).
+    assert len(frames) == 1 and type(frames[0]) is TsoFrame
+    assert len(frames[0]) - 66 == 10 * 1448 and frames[0].mss == 1448
+    assert a.socket_info(h)["stats"]["segments_out"] == before + 1  # type: ignore[index]
+    # That frame is never delivered (taken out of the simulator): the data goes again by
+    # retransmission, MSS by MSS, and all of it is acknowledged.
+    net.run(
+        until=net.now + 10,
+        stop=lambda: net.a.stack.socket_info(h)["stats"]["bytes_acked"] == 100_000,
+    )  # type: ignore[index]
+    assert a.socket_info(h)["stats"]["bytes_acked"] == 100_000  # type: ignore[index]
+
+
+def test_tcp_totals_survive_the_connection() -> None:
+    """Stack-wide TCP counters (for reports) include connections that already closed."""
+    link = lossy(0.03)
+    net = make_network(link, link, seed=3, tcp_config=FAST_CLOSE)
+    up = payload(1 * MB, 12)
+    _, server = transfer(net, up, b"")
+    assert sha(server.received) == sha(up)
+    net.run(until=net.now + 5)
+    a = net.a.stack
+    assert a.stats()["tcp_connections"] == 0
+    totals = a.stats()
+    assert totals["tcp.bytes_acked"] == len(up)
+    assert totals["tcp.retransmits_fast"] + totals["tcp.retransmits_timeout"] > 0
+    assert totals["tcp.bytes_retransmitted"] < len(up) // 5
+
+
+def test_tcp_lingering_counts_unfinished_closes() -> None:
+    net = make_network(tcp_config=FAST_CLOSE)
+    a = net.a.stack
+    assert a.tcp_lingering() == 0
+    h = a.tcp_connect(IP_B, 80, net.now)  # nobody listens: the attempt lingers, then resets
+    assert a.tcp_lingering() == 1
+    net.run(until=net.now + 2, stop=lambda: bool(net.a.log))
+    a.tcp_close(h)
+    assert a.tcp_lingering() == 0
+
+
 def test_connect_to_closed_port_is_reset() -> None:
     net = make_network()
     a, b = net.a.stack, net.b.stack

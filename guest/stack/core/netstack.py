@@ -20,9 +20,10 @@ reason); misuse of the API raises `OSError` with the errno a socket call would s
 EADDRINUSE, ENETUNREACH, EPIPE, EMSGSIZE, ...), so that a socket-like layer above can pass it on.
 
 Offload seams (default off; nothing assumes a frame fits the MTU):
-* `tso_max_size`: consecutive full-sized segments a connection emits in one `poll` are merged
-  into one `TsoFrame` of up to that many TCP payload bytes, carrying `mss` for the device to
-  segment with (TCP segmentation offload); other frames stay plain `bytearray`s.
+* `tso_max_size`: connections send new data in super-segments of up to that many TCP payload
+  bytes (`TcpConfig.tso_size`), and consecutive full-sized segments of one `poll` (such as
+  retransmissions) are merged likewise; each leaves as one `TsoFrame` carrying `mss` for the
+  device to segment with (TCP segmentation offload); other frames stay plain `bytearray`s.
 * GRO: received TCP segments may be larger than the MTU; they are processed like any other.
 * `receive_frame(..., checksum_ok=True)`: the device verified the checksums (or the frame
   carries a partial checksum, virtio's NEEDS_CSUM on receive): skip verification.
@@ -39,7 +40,7 @@ from collections.abc import Iterable
 from dataclasses import fields, replace
 from typing import Final
 
-from guest.stack.tcp import TcpConfig, TcpStateError
+from guest.stack.tcp import TcpConfig, TcpState, TcpStateError
 from guest.stack.wire.addr import MAC_BROADCAST, ipv4_str, mac_str
 from guest.stack.wire.addr import mac as parse_mac
 from guest.stack.wire.errors import WireError
@@ -130,7 +131,8 @@ class NetStack:
         self.mtu = mtu
         self.counters = Counters()
         cfg = tcp_config if tcp_config is not None else TcpConfig()
-        self.tcp_config = replace(cfg, mss=mtu - IP_LEN - TCP_LEN)
+        # With TSO, connections emit super-segments up to tso_max_size (see TcpConfig.tso_size).
+        self.tcp_config = replace(cfg, mss=mtu - IP_LEN - TCP_LEN, tso_size=tso_max_size)
         self.strict = strict
         self._csum = not tx_checksum_offload
         self.tx_checksum_offload = tx_checksum_offload
@@ -189,6 +191,9 @@ class NetStack:
         if not 0 <= value <= MAX_TSO_SIZE:
             raise ValueError(f"tso_max_size must be in [0, {MAX_TSO_SIZE}]")
         self._framer.tso_max_size = value
+        # Connections opened from now on emit super-segments of that size.
+        self.tcp_config = replace(self.tcp_config, tso_size=value)
+        self.tcp.config = self.tcp_config
 
     # ================================================================== frames and time
 
@@ -544,6 +549,13 @@ class NetStack:
             "stats": conn.stats.as_dict(),
         }
 
+    def tcp_lingering(self) -> int:
+        """Connections with work left on the wire: unacknowledged data or FIN, or a close
+        handshake under way (every state but TIME-WAIT). A stack process that is asked to
+        stop keeps running while this is non-zero, as the kernel keeps a closed socket's
+        connection alive after its process exits, so the peer still gets every byte and FIN."""
+        return sum(1 for s in self.tcp.conns.values() if s.conn.state is not TcpState.TIME_WAIT)
+
     def handles(self) -> list[Handle]:
         """Open handles."""
         return list(self._handles)
@@ -558,6 +570,8 @@ class NetStack:
         out["tcp_connections"] = len(self.tcp.conns)
         out["tcp_listeners"] = len(self.tcp.listeners)
         out["udp_sockets"] = len(self.udp.ports)
+        for name, value in self.tcp.totals().items():
+            out[f"tcp.{name}"] = value
         return out
 
     def arp_table(self, now: float | None = None) -> dict[str, str]:

@@ -39,6 +39,7 @@ from guest.stack.tcp import (
     TcpState,
     reset_for,
 )
+from guest.stack.tcp.stats import TCP_COUNTERS
 from guest.stack.wire.ipv4 import Ipv4Repr
 from guest.stack.wire.tcp import TcpRepr
 
@@ -153,6 +154,8 @@ class TcpMux:
         self.fin_timeout = fin_timeout
         self.conns: dict[Key, TcpSocket] = {}
         self.listeners: dict[int, TcpListen] = {}
+        #: Counters of connections that reached CLOSED, summed (see `totals`).
+        self._closed_totals: dict[str, int] = dict.fromkeys(TCP_COUNTERS, 0)
         self._isn = IsnGenerator(secret)
         self._dirty: dict[TcpSocket, None] = {}
         self._heap: list[tuple[float, int, TcpSocket]] = []
@@ -409,11 +412,20 @@ class TcpMux:
         """The connection reached CLOSED: later segments for its 4-tuple get RSTs."""
         if self.conns.get(sock.key) is sock:
             del self.conns[sock.key]
+            _add_counters(self._closed_totals, sock.conn.stats)
         sock.in_table = False
         sock.deadline = None
         lst = sock.listener
         if lst is not None and not sock.conn.recv_available:
             lst.children.pop(sock.conn, None)  # the listener prunes it from its backlog too
+
+    def totals(self) -> dict[str, int]:
+        """TCP counters (retransmissions, timeouts, segments...) summed over every connection
+        this stack ever had, open or closed: what a run's report needs to judge the link."""
+        out = dict(self._closed_totals)
+        for sock in self.conns.values():
+            _add_counters(out, sock.conn.stats)
+        return out
 
     def _ephemeral(self, remote_ip: int, remote_port: int) -> int:
         span = EPHEMERAL_LAST - EPHEMERAL_FIRST + 1
@@ -423,3 +435,9 @@ class TcpMux:
             if (remote_ip, remote_port, port) not in self.conns and port not in self.listeners:
                 return port
         raise OSError(errno.EADDRNOTAVAIL, "no ephemeral TCP port left")
+
+
+def _add_counters(into: dict[str, int], stats: tcp.TcpStats) -> None:
+    """Add the counters (ints; not the float/int gauges at the end) of `stats` to `into`."""
+    for name in TCP_COUNTERS:
+        into[name] = into.get(name, 0) + getattr(stats, name)

@@ -91,8 +91,8 @@ class TcpFramer:
         arp = self.arp
         mac_addr = arp.lookup(hop, now, out)
         eth = (mac_addr if mac_addr is not None else _MAC_ZERO) + self.eth_tail
-        if self.tso_max_size and len(segs) > 1:
-            self._emit_tso(ip, hop, segs, now, eth, mac_addr, out)
+        if self.tso_max_size and (len(segs) > 1 or len(segs[0].payload) > sock.conn.mss):
+            self._emit_tso(ip, hop, segs, now, eth, mac_addr, out, sock.conn.mss)
             return
         ip_out = self.ip_out
         csum = self.checksums
@@ -126,9 +126,12 @@ class TcpFramer:
         eth: bytes,
         mac_addr: bytes | None,
         out: list,
+        mss: int,
     ) -> None:
-        """Merge runs of full-sized, contiguous, header-identical data segments into
-        `TsoFrame`s of at most `tso_max_size` payload bytes; other segments go out alone."""
+        """Emit the connection's super-segments (payload above `mss`, see
+        `TcpConfig.tso_size`) as `TsoFrame`s, and merge runs of full-sized, contiguous,
+        header-identical segments into `TsoFrame`s of at most `tso_max_size` payload bytes;
+        other segments go out alone."""
         limit = self.tso_max_size
         i = 0
         n = len(segs)
@@ -137,7 +140,9 @@ class TcpFramer:
             first = segs[i]
             size = len(first.payload)
             run_end = i + 1
-            if size and not int(first.flags) & (_TSO_BREAK | _PSH):
+            if size > mss:
+                size = mss  # already a super-segment: the device cuts it into MSS pieces
+            elif size and not int(first.flags) & (_TSO_BREAK | _PSH):
                 total = size
                 seq = first.seq + size
                 while run_end < n:
@@ -166,7 +171,8 @@ class TcpFramer:
                 header = replace(first, flags=TcpFlags(int(first.flags) | int(run[-1].flags)))
             plen = sum(len(s.payload) for s in run)
             start = ETH_LEN + IP_LEN + header.header_len()
-            if len(run) > 1:
+            merged = len(run) > 1 or plen > size
+            if merged:
                 tso = TsoFrame(start + plen)
                 tso.mss = size
                 buf: bytearray = tso
@@ -180,8 +186,7 @@ class TcpFramer:
             buf[0:ETH_LEN] = eth
             ip.ident = self.ip_out.next_ident()
             # The device numbers the segments ident, ident + 1, ...: skip past them.
-            self.ip_out.ident = (ip.ident + len(run) - 1) & 0xFFFF
-            merged = len(run) > 1
+            self.ip_out.ident = (ip.ident + (-(-plen // size) if plen > size else 1) - 1) & 0xFFFF
             emit_tcp_frame(buf, None, ip, header, plen, ETH_LEN, self.checksums and not merged)
             if merged or not self.checksums:
                 fill_partial_checksums(buf, ETH_LEN)

@@ -31,7 +31,7 @@ FCS.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol, TypeAlias, runtime_checkable
 
@@ -99,14 +99,17 @@ class Device(Protocol):
         """
         ...
 
-    def send(self, frame: Frame) -> bool:
-        """Queue one frame; False when there is no room right now (nothing was queued)."""
+    def send(self, frame: Frame, header: bytes = b"") -> bool:
+        """Queue `header` + `frame` as one frame; False when there is no room right now
+        (nothing was queued). `header` lets a stack whose frames have no headroom put the
+        virtio_net_hdr in front without joining the two itself."""
         ...
 
-    def send_batch(self, frames: Iterable[Frame]) -> int:
+    def send_batch(self, frames: Iterable[Frame], headers: Sequence[bytes] | None = None) -> int:
         """Queue frames in order and flush; returns how many were queued (stops at the first
-        refusal, so the caller knows exactly which ones to retry or drop). A frame that can
-        never be sent raises ValueError; the frames before it stay queued."""
+        refusal, so the caller knows exactly which ones to retry or drop). `headers[i]`, if
+        given, goes in front of the i-th frame, as in `send`. A frame that can never be sent
+        raises ValueError; the frames before it stay queued."""
         ...
 
     def flush(self) -> None:

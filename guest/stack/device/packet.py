@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from . import abi
 from .base import DeviceStats, Frame
@@ -114,11 +114,15 @@ class PacketDevice:
             stats.rx_batches += 1
         return list(out)
 
-    def send(self, frame: Frame) -> bool:
-        """Send one frame now. False if the socket buffer or the NIC queue is full; ValueError
-        if the kernel refuses the frame itself (too long for the MTU, bad vnet header)."""
+    def send(self, frame: Frame, header: bytes = b"") -> bool:
+        """Send `header` + `frame` now (gathered by the kernel, no join here). False if the
+        socket buffer or the NIC queue is full; ValueError if the kernel refuses the frame
+        itself (too long for the MTU, bad vnet header)."""
         try:
-            self._sock.send(frame)
+            if header:
+                self._sock.sendmsg((header, frame))
+            else:
+                self._sock.send(frame)
         except OSError as exc:
             if abi.is_no_room(exc):
                 self._stats.tx_full += 1
@@ -127,15 +131,23 @@ class PacketDevice:
             raise ValueError(f"{self.name}: frame of {len(frame)} bytes refused: {exc}") from exc
         stats = self._stats
         stats.tx_frames += 1
-        stats.tx_bytes += len(frame) - self.vnet_hdr_len
+        stats.tx_bytes += len(frame) + len(header) - self.vnet_hdr_len
         stats.tx_batches += 1
         return True
 
-    def send_batch(self, frames: Iterable[Frame]) -> int:
-        """One send() per frame (Python has no sendmmsg); stops at the first refusal."""
+    def send_batch(self, frames: Iterable[Frame], headers: Sequence[bytes] | None = None) -> int:
+        """One send() per frame (Python has no sendmmsg); stops at the first refusal.
+        `headers[i]`, if given, goes in front of the i-th frame."""
         sent = 0
-        for frame in frames:
-            if not self.send(frame):
+        send = self.send
+        if headers is None:
+            for frame in frames:
+                if not send(frame):
+                    break
+                sent += 1
+            return sent
+        for frame, header in zip(frames, headers, strict=True):
+            if not send(frame, header):
                 break
             sent += 1
         return sent

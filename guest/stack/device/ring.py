@@ -48,7 +48,7 @@ import itertools
 import mmap
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from . import abi
@@ -388,16 +388,19 @@ class RingDevice:
         `flush()` again while this is non-zero."""
         return self._tx_pending
 
-    def send(self, frame: Frame) -> bool:
-        """Copy `frame` into the next TX slot and request it (sent at `flush()`).
+    def send(self, frame: Frame, header: bytes = b"") -> bool:
+        """Copy `header` + `frame` into the next TX slot and request it (sent at `flush()`).
 
+        `header` is for a caller whose frames have no headroom for the virtio_net_hdr: the
+        two pieces land side by side in the slot, so joining them costs no extra copy.
         False when the slot is still in flight (ring full); ValueError when the frame can
         never fit (`max_tx_frame`: slot capacity, and the MTU unless vnet_hdr is on).
         """
         # The hot path of a sender: locals and precomputed offsets, one struct call for the
         # header. Write order inside the slot does not matter: the kernel reads TX slots only
         # inside our own send() syscall (tpacket_snd runs in the calling thread).
-        n = len(frame)
+        h = len(header)
+        n = len(frame) + h
         if n > self.max_tx_frame:
             self._stats.tx_errors += 1
             raise ValueError(f"{self.name}: {n}-byte frame exceeds {self.max_tx_frame} bytes")
@@ -406,7 +409,9 @@ class RingDevice:
         status_at, data_at = self._tx_table[head]
         if _unpack_u32(view, status_at)[0] & _TX_BUSY and not self._make_room(status_at):
             return False
-        view[data_at : data_at + n] = frame
+        if h:
+            view[data_at : data_at + h] = header
+        view[data_at + h : data_at + n] = frame
         if self._tx_len_first:  # tpacket3_hdr: tp_len, tp_status at 16, 20
             _pack_pair(view, status_at - 4, n, _SEND_REQUEST)
         else:  # tpacket2_hdr: tp_status, tp_len at 0, 4
@@ -429,12 +434,15 @@ class RingDevice:
         self._stats.tx_full += 1
         return False
 
-    def send_batch(self, frames: Iterable[Frame]) -> int:
+    def send_batch(self, frames: Iterable[Frame], headers: Sequence[bytes] | None = None) -> int:
         """Fill slots for `frames` in order, then one `send()` syscall for all of them.
 
         The loop is `send()` inlined for free slots and frames that fit (a third cheaper per
         frame); at the first frame that is not that simple, the rest go through `send()`.
+        `headers[i]`, if given, goes in front of the i-th frame (see `send`).
         """
+        if headers is not None:
+            return self._send_batch_headed(list(frames), headers)
         view = self._view
         table = self._tx_table
         nr = self._tx_nr
@@ -471,6 +479,18 @@ class RingDevice:
                 if not self.send(frame):
                     break
                 queued += 1
+        self.flush()
+        return queued
+
+    def _send_batch_headed(self, frames: list[Frame], headers: Sequence[bytes]) -> int:
+        """`send_batch` with a header per frame: few frames here (TSO makes them large), so
+        the plain `send()` path costs nothing worth inlining."""
+        queued = 0
+        send = self.send
+        for frame, header in zip(frames, headers, strict=True):
+            if not send(frame, header):
+                break
+            queued += 1
         self.flush()
         return queued
 

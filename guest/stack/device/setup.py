@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,13 +147,20 @@ def _route_add_argv(route: dict[str, Any], iface: str) -> list[str]:
     return argv
 
 
-def take_over(iface: str, offloads: bool) -> TakeOver:
+def take_over(iface: str, offloads: bool | Mapping[str, bool]) -> TakeOver:
     """Hand `iface` to the user-level stack (see module docstring); returns the undo record.
 
-    Raises RuntimeError if GRO/LRO cannot be turned off with `offloads=False`: the stack
+    `offloads`: True for `OFFLOADS_ON`, False for all off, or a map of ethtool short names
+    (`FEATURES`) to the wanted state, for a stack that uses only some of them (one lever at a
+    time, in a benchmark); features it leaves out are turned off.
+    Raises RuntimeError if GRO/LRO cannot be turned off when they are not wanted: the stack
     would then receive frames it cannot take. Other features that refuse to change (fixed on
     this NIC) are listed in `TakeOver.unchanged`.
     """
+    if not isinstance(offloads, bool):
+        unknown = set(offloads) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"unknown offload features: {', '.join(sorted(unknown))}")
     link = json.loads(_run(["ip", "-j", "link", "show", "dev", iface]).stdout)[0]
     was_up = "UP" in link.get("flags", [])
     info = json.loads(_run(["ip", "-j", "-4", "addr", "show", "dev", iface]).stdout)
@@ -184,8 +191,11 @@ def take_over(iface: str, offloads: bool) -> TakeOver:
     return record
 
 
-def _set_offloads(record: TakeOver, offloads: bool) -> None:
-    wanted = OFFLOADS_ON if offloads else dict.fromkeys(FEATURES, False)
+def _set_offloads(record: TakeOver, offloads: bool | Mapping[str, bool]) -> None:
+    if isinstance(offloads, bool):
+        wanted = OFFLOADS_ON if offloads else dict.fromkeys(FEATURES, False)
+    else:
+        wanted = {**dict.fromkeys(FEATURES, False), **offloads}
     before = read_features(record.iface)
     for short, on in wanted.items():
         state = before.get(FEATURES[short])
@@ -203,10 +213,9 @@ def _set_offloads(record: TakeOver, offloads: bool) -> None:
         if state is not None and state[0] != on:
             record.unchanged[short] = on
             record.features.pop(short, None)  # not changed, nothing to restore
-    if not offloads:
-        stuck = [s for s in MUST_BE_OFF if s in record.unchanged]
-        if stuck:
-            raise RuntimeError(
-                f"{record.iface}: cannot turn off {', '.join(stuck)}: frames above the MTU "
-                "would reach the stack"
-            )
+    stuck = [s for s in MUST_BE_OFF if not wanted[s] and s in record.unchanged]
+    if stuck:
+        raise RuntimeError(
+            f"{record.iface}: cannot turn off {', '.join(stuck)}: frames above the MTU "
+            "would reach the stack"
+        )

@@ -24,6 +24,12 @@ class TcpConfig:
     mss: int = 1460
     #: Send MSS assumed when the peer's SYN has no MSS option (RFC 9293 3.7.1: 536 for IPv4).
     default_peer_mss: int = 536
+    #: Largest payload of one outgoing segment of new data. Above the MSS, such a segment is
+    #: a TSO "super-segment" for a device that cuts it into MSS-sized ones (the stack sets
+    #: this when segmentation offload is on): the per-segment work of the sender is then
+    #: paid once per 64 KiB instead of once per 1448 bytes. Windows, Nagle and sender SWS
+    #: avoidance still apply per MSS; retransmissions stay MSS-sized. 0: MSS-sized only.
+    tso_size: int = 0
     send_buffer_size: int = 256 * 1024
     recv_buffer_size: int = 256 * 1024
     #: RFC 7323 section 2: offer window scaling; the shift is derived from `recv_buffer_size`.
@@ -87,6 +93,8 @@ class TcpConfig:
             raise ValueError(f"mss must be in [{MIN_MSS}, 65535], got {self.mss}")
         if self.default_peer_mss < MIN_MSS:
             raise ValueError("default_peer_mss too small")
+        if not 0 <= self.tso_size <= 65535 - 20 - 60:
+            raise ValueError("tso_size must be in [0, 65455] (an IPv4 packet holds 65535 bytes)")
         if self.send_buffer_size < 1 or self.recv_buffer_size < 1:
             raise ValueError("buffer sizes must be positive")
         if self.recv_buffer_size > (65535 << 14):

@@ -1034,6 +1034,11 @@ class TcpConnection:
 
         force = self._force_send
         self._force_send = False
+        # New data may leave in TSO super-segments of whole MSS multiples, unless SACK blocks
+        # shrink the MSS of this burst (the device would replicate a header of changing size).
+        burst = mss
+        if cfg.tso_size > mss and mss == self._mss:
+            burst = cfg.tso_size - cfg.tso_size % mss
         while True:
             seq = self.snd_nxt
             snd_max = self.snd_max
@@ -1060,10 +1065,13 @@ class TcpConnection:
                 n = edge - seq
                 if force and n <= 0 and self.snd_wnd > 0:
                     n = wnd_edge - seq
-                if n > mss:
-                    n = mss
+                cap = burst if seq >= snd_max else mss
+                if n > cap:
+                    n = cap
                 if n > avail:
                     n = avail
+                elif n > mss:
+                    n -= n % mss  # a short tail would be a silly-window segment mid-stream
                 if seq < snd_max and sb:
                     hole_end = sb.next_sacked_start(seq)
                     if hole_end is not None and hole_end - seq < n:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 
 @dataclass(slots=True)
@@ -46,3 +46,11 @@ class TcpStats:
     def as_dict(self) -> dict[str, object]:
         """Plain dict, for JSON reports."""
         return asdict(self)
+
+
+#: The fields of `TcpStats` that are counters (summable over connections), not gauges.
+TCP_COUNTERS: tuple[str, ...] = tuple(
+    f.name
+    for f in fields(TcpStats)
+    if f.name not in ("srtt", "rttvar", "rto", "cwnd", "ssthresh", "snd_wnd")
+)
