@@ -57,7 +57,10 @@ def path_args(exp: ExperimentConfig, state: LabState, node: str) -> str:
         return "--path kernel"
     for nic in state.node(node).nics:
         if nic["link"] == exp.link:
-            return f"--path {exp.path} --iface {nic['name']} --addr {nic['address']}"
+            return (
+                f"--path {exp.path} --iface {nic['name']} --addr {nic['address']}"
+                f" --stack-device {exp.stack.device} --stack-offload {exp.stack.offload}"
+            )
     raise BenchError(f"{exp.name}: node {node} has no NIC on link {exp.link}")
 
 
@@ -152,8 +155,45 @@ def run_stream(t: Target) -> dict:
         "server_cpu": srv["cpu_system"],
         "host_cpu": host_cpu,
         "integrity": integrity,
+        "stack": (stack := stack_summary(cli, srv)),
+        "retransmits": _retransmits(stack),
         "raw": {"client": cli, "server": srv},
     }
+
+
+def _retransmits(stack: dict | None) -> int | None:
+    """Both user-level stacks' retransmitted segments (None on the kernel path)."""
+    return sum(side["retransmits"] for side in stack.values()) if stack else None
+
+
+def stack_summary(client: dict, server: dict) -> dict | None:
+    """What the user-level stacks of a run said about themselves on exit (None on the
+    kernel path): the levers in force, how much TSO and GRO merged, and the retransmissions
+    of each side, which show whether the link or the receiver dropped frames."""
+    stacks = {side: rec.get("stack") for side, rec in (("client", client), ("server", server))}
+    if not any(stacks.values()):
+        return None
+    out: dict = {}
+    for side, st in stacks.items():
+        if not st:
+            continue
+        tcp = st.get("stack", {})
+        nic = st.get("nic", {})
+        dev = st.get("device", {})
+        out[side] = {
+            "offloads": nic.get("offloads"),
+            "retransmits": tcp.get("tcp.retransmits_fast", 0)
+            + tcp.get("tcp.retransmits_timeout", 0),
+            "timeouts": tcp.get("tcp.timeouts", 0),
+            "segments_out": tcp.get("tcp.segments_out", 0),
+            "tx_frames": dev.get("tx_frames", 0),
+            "rx_frames": dev.get("rx_frames", 0),
+            "tx_tso_frames": nic.get("tx_tso_frames", 0),
+            "rx_gro_frames": nic.get("rx_gro_frames", 0),
+            "rx_dropped": dev.get("rx_dropped", 0),
+            "drops": tcp.get("drops_total", 0),
+        }
+    return out
 
 
 def run_rr(t: Target) -> dict:
@@ -181,6 +221,8 @@ def run_rr(t: Target) -> dict:
         "client_cpu": cli["cpu_system"],
         "server_cpu": srv["cpu_system"],
         "host_cpu": host_cpu_since(cpu0),
+        "stack": (stack := stack_summary(cli, srv)),
+        "retransmits": _retransmits(stack),
         "raw": {"client": cli, "server": srv},
     }
 
@@ -308,6 +350,7 @@ def run_experiments(
                 "experiment": exp.name,
                 "type": exp.type,
                 "path": exp.path,
+                "stack": None if exp.path == "kernel" else exp.stack.model_dump(),
                 "client": exp.client,
                 "server": exp.server,
                 "link": exp.link,

@@ -301,6 +301,32 @@ class LinkConfig(_Strict):
         return self.addresses[self.endpoints.index(node)]
 
 
+STACK_DEVICES: tuple[str, ...] = ("ring-v2", "ring-v3", "packet")
+
+
+class StackOptions(_Strict):
+    """How a user-level path's stack is started for the run (ignored by the kernel path)."""
+
+    #: NIC access: PACKET_MMAP ring (TPACKET_V2/V3) or a plain AF_PACKET socket.
+    device: str = "ring-v2"
+    #: Offload levers: none, all, or a comma list of csum, tso, gro (see guest/stack/nic.py).
+    offload: str = "all"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in STACK_DEVICES:
+            raise ValueError(f"device {value!r} is not one of {', '.join(STACK_DEVICES)}")
+        return value
+
+    @field_validator("offload")
+    @classmethod
+    def _known_offload(cls, value: str) -> str:
+        from guest.stack.nic import Offloads
+
+        return str(Offloads.parse(value))  # ValueError names the unknown lever
+
+
 class ExperimentConfig(_Strict):
     """One measurement. Type-specific sizes are None for types they do not apply to."""
 
@@ -315,6 +341,7 @@ class ExperimentConfig(_Strict):
     req_size: RrSize | None = None
     resp_size: RrSize | None = None
     repeat: Repeat = 1
+    stack: StackOptions = Field(default_factory=StackOptions)
 
     @field_validator("path")
     @classmethod

@@ -39,6 +39,7 @@ def results_table(data: dict) -> Table:
         ("client CPU", "right"),
         ("server CPU", "right"),
         ("host CPU", "right"),
+        ("rexmit", "right"),
         ("check", "left"),
     ):
         table.add_column(col, justify=justify)
@@ -55,6 +56,9 @@ def results_table(data: dict) -> Table:
         else:
             check = "ok"
         path = "kernel (iperf3)" if rec["type"] == "iperf3" else rec["path"]
+        opts = rec.get("stack") or {}
+        if opts:
+            path += f" [{opts['offload']}{'; socket' if opts['device'] == 'packet' else ''}]"
         table.add_row(
             rec["experiment"],
             rec["type"],
@@ -66,6 +70,7 @@ def results_table(data: dict) -> Table:
             _pct(s.get("client_cpu")),
             _pct(s.get("server_cpu")),
             _pct(s.get("host_cpu")),
+            _fmt(s.get("retransmits")),
             check,
         )
     boots = ", ".join(f"{k} {v:.1f} s" for k, v in meta["boot_seconds"].items() if v is not None)

@@ -83,9 +83,9 @@ def _common_options() -> argparse.ArgumentParser:
     )
     user.add_argument(
         "--stack-offload",
-        default="none",
+        default="all",
         help="offload levers of a stack started for the run: none, all, or a comma list of "
-        "csum, tso, gro (default none)",
+        "csum, tso, gro (default all)",
     )
     return common
 

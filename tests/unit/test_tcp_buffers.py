@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guest.stack.tcp.recvbuf import ReceiveBuffer
-from guest.stack.tcp.scoreboard import SackScoreboard
+from guest.stack.tcp.scoreboard import MAX_RANGES, SackScoreboard
 from guest.stack.tcp.sendbuf import SendBuffer
 
 
@@ -149,3 +150,77 @@ def test_scoreboard_loss_boundary() -> None:
         sb2.add(lo, lo + 10, 0, 10_000)
     assert sb2.lost_boundary(1000) == 1000  # three discontiguous ranges
     assert sb2.sacked_between(0, 3005) == 15
+
+
+def _runs_of_pieces(rb: ReceiveBuffer) -> list[tuple[int, int]]:
+    """The runs recomputed from the stored pieces, as `ooo_runs` did before it kept an index."""
+    runs: list[tuple[int, int]] = []
+    for start, piece in zip(rb._ooo_starts, rb._ooo_data, strict=True):
+        end = start + len(piece)
+        if runs and runs[-1][1] >= start:
+            runs[-1] = (runs[-1][0], max(runs[-1][1], end))
+        else:
+            runs.append((start, end))
+    return runs
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 400), st.integers(1, 40)), max_size=60),
+    st.integers(1, 4),
+)
+def test_run_index_matches_the_stored_pieces(writes: list[tuple[int, int]], limit: int) -> None:
+    """The runs SACK reports are kept incrementally; they must equal those of the pieces."""
+    rb = ReceiveBuffer(1000)
+    for start, n in writes:
+        rb.write(start, b"x" * n)
+        runs = _runs_of_pieces(rb)
+        assert rb.ooo_runs() == runs
+        blocks = rb.sack_blocks(limit)
+        assert len(blocks) == min(limit, len(runs))
+        assert len(set(blocks)) == len(blocks) and set(blocks) <= set(runs)
+
+
+def test_tiny_out_of_order_segments_are_bounded() -> None:
+    """Regression (found by bench_fuzz): a peer sending 1-byte segments at every other offset
+    made the buffer store one piece per byte and walk all of them for every ACK ("SegmentSmack":
+    ~15 ms per segment with a 64 KiB window). Pieces are now bounded; what is not stored the
+    sender resends, and the stream still completes."""
+    rb = ReceiveBuffer(64 * 1024)
+    for k in range(1, 20_000):
+        rb.write(2 * k, b"x")
+    assert len(rb.ooo_runs()) == rb.max_ooo_pieces == 1024
+    assert rb.ooo_refused == 20_000 - 1 - 1024
+    assert rb.ooo_bytes == 1024
+    assert rb.write(0, b"y" * 50_000) == 50_000  # in order: the gaps fill, nothing is lost
+    assert not rb.has_ooo
+    assert rb.recv() == b"y" * 50_000
+    # Honest segments never meet the bound: a window of 536-byte segments, every other lost.
+    honest = ReceiveBuffer(256 * 1024)
+    for k in range(1, 256 * 1024 // 536, 2):
+        honest.write(k * 536, b"z" * 536)
+    assert honest.ooo_refused == 0
+
+
+def test_sack_blocks_do_not_walk_every_piece() -> None:
+    """Regression (found by bench_fuzz): `sack_blocks` runs for every ACK and used to rebuild
+    the runs from all pieces; with thousands of pieces that cost milliseconds per segment."""
+    rb = ReceiveBuffer(1 << 20)
+    for k in range(1, 5001):
+        rb.write(2 * k, b"x")
+    start = time.perf_counter()
+    for _ in range(5000):
+        rb.sack_blocks(3)
+    assert time.perf_counter() - start < 1.0  # ~0.02 s now, ~3 s walking 5000 pieces
+
+
+def test_scoreboard_ranges_are_bounded() -> None:
+    """Regression (found by bench_fuzz): 1-byte SACK blocks at every other byte grew the
+    scoreboard without bound, and recovery walks it on every ACK (~1 ms per ACK at 6000)."""
+    sb = SackScoreboard()
+    for k in range(1, 2000):
+        sb.add(2 * k, 2 * k + 1, 0, 1 << 20)
+    assert len(sb.ranges()) == MAX_RANGES
+    assert not sb.add(100_000, 100_010, 0, 1 << 20)  # a new disjoint range: ignored
+    assert sb.add(2, 10, 0, 1 << 20)  # merging with known ranges still works
+    assert len(sb.ranges()) < MAX_RANGES

@@ -128,7 +128,7 @@ def tx_data_offset(version: int) -> int:
 
 def default_rx_geometry(version: int, mtu: int, vnet_hdr: bool) -> RingGeometry:
     """4 MiB or more. V3: 32 blocks of >= 128 KiB (a block must hold the largest frame, 64 KiB
-    with GRO). V2: slots just big enough for one frame, 64 KiB blocks."""
+    with GRO). V2: slots just big enough for one frame, 64 KiB blocks (16 MiB with vnet_hdr)."""
     largest = GSO_MAX_FRAME if vnet_hdr else mtu + abi.ETH_HLEN + abi.VLAN_HLEN
     need = rx_mac_offset(version, vnet_hdr) + largest
     if version == abi.TPACKET_V3:
@@ -136,7 +136,9 @@ def default_rx_geometry(version: int, mtu: int, vnet_hdr: bool) -> RingGeometry:
         return RingGeometry(block, 32, 2048 if block % 2048 == 0 else block)
     frame = abi.tpacket_align(need)
     block = max(64 << 10, _page_round(frame))
-    nr = max(1, (4 << 20) // block)
+    # With vnet_hdr a slot holds a 64 KiB GRO frame, so 4 MiB would be only 60 slots: too
+    # few for a burst of MTU-sized frames (ACKs, or a peer without GSO). 16 MiB gives 240.
+    nr = max(1, ((16 if vnet_hdr else 4) << 20) // block)
     return RingGeometry(block, nr, frame)
 
 
@@ -286,8 +288,14 @@ class RingDevice:
         left = self._rx_left
         off = self._rx_off
         count = nbytes = truncated = 0
+        # Blocks finished now go back to the kernel only at the next call: never come back
+        # round to a block this call already finished (it still reads TP_STATUS_USER).
+        blocks_left = len(self._rx_blocks) - (1 if left else 0)
         while count < max_frames:
             if not left:
+                if blocks_left <= 0:
+                    break
+                blocks_left -= 1
                 block = self._rx_blocks[self._rx_block]
                 if not unpack_u32(view, block + abi.BLOCK_STATUS_OFFSET)[0] & abi.TP_STATUS_USER:
                     break
@@ -329,7 +337,11 @@ class RingDevice:
         vlen = self.vnet_hdr_len
         head = self._rx_head
         count = nbytes = truncated = 0
-        while count < max_frames:
+        # Slots read now go back to the kernel only at the next call: one call must not lap
+        # the ring, or it would hand out a slot it already handed out (still TP_STATUS_USER).
+        visits = min(max_frames, len(slots))
+        while visits:
+            visits -= 1
             off = slots[head]
             status, length, snaplen, mac = unpack(view, off)
             if not status & abi.TP_STATUS_USER:

@@ -8,6 +8,14 @@ the segment arrives (the segment's payload usually views a frame buffer the driv
 In-order data joins a deque of chunks; out-of-order pieces wait in a sorted list and move into
 the deque by reference when the gap closes. `recv()` copies out once more (or not at all when a
 read takes exactly one whole chunk), so a byte costs at most two copies end to end.
+
+Hostile peers: every segment may land out of order, one byte each ("SegmentSmack",
+CVE-2018-5390, against Linux). So nothing per segment walks all stored pieces: the merged runs
+that SACK blocks report are kept as a sorted index beside the pieces (found by bisection), and
+the number of pieces is bounded by the buffer size (`max_ooo_pieces`, a piece counted as at
+least `OOO_PIECE_BYTES`, as Linux charges every queued segment its overhead): beyond it, new
+out-of-order data is not stored, which is always allowed (the sender resends what was never
+acknowledged or SACKed). Honest segments, hundreds of bytes and more, never reach the bound.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ Chunk = bytes | memoryview
 
 #: How many recently received out-of-order offsets are remembered to order SACK blocks.
 _RECENT = 4
+#: Buffer bytes each stored out-of-order piece counts as, at least, for `max_ooo_pieces`.
+OOO_PIECE_BYTES = 64
 
 
 class ReceiveBuffer:
@@ -33,8 +43,12 @@ class ReceiveBuffer:
         "_ooo_starts",
         "_ready",
         "_recent",
+        "_run_ends",
+        "_run_starts",
         "capacity",
+        "max_ooo_pieces",
         "nxt",
+        "ooo_refused",
     )
 
     def __init__(self, capacity: int) -> None:
@@ -48,6 +62,13 @@ class ReceiveBuffer:
         self._ooo_data: list[Chunk] = []
         self._ooo_bytes = 0
         self._recent: list[int] = []
+        #: The merged runs of the out-of-order pieces (what `ooo_runs` returns), kept sorted.
+        self._run_starts: list[int] = []
+        self._run_ends: list[int] = []
+        #: Out-of-order pieces stored at most; segments that would add more are not stored.
+        self.max_ooo_pieces = max(64, capacity // OOO_PIECE_BYTES)
+        #: Out-of-order segments not stored because of that bound.
+        self.ooo_refused = 0
 
     @property
     def ready_len(self) -> int:
@@ -111,6 +132,10 @@ class ReceiveBuffer:
             i += 1
         del starts[:i]
         del datas[:i]
+        # A run starting at or below the new `nxt` was delivered whole (runs have no gaps).
+        k = bisect_right(self._run_starts, nxt)
+        del self._run_starts[:k]
+        del self._run_ends[:k]
         if self._recent:
             self._recent = [r for r in self._recent if r >= nxt]
         return nxt
@@ -120,6 +145,9 @@ class ReceiveBuffer:
         starts = self._ooo_starts
         datas = self._ooo_data
         self._note_recent(offset)
+        k = bisect_right(self._run_starts, offset) - 1
+        if k >= 0 and end <= self._run_ends[k]:
+            return  # inside one stored run: nothing new (found without walking its pieces)
         # Find the uncovered sub-ranges of [offset, end).
         pieces: list[tuple[int, int]] = []
         i = bisect_right(starts, offset) - 1
@@ -140,6 +168,9 @@ class ReceiveBuffer:
             pos = stop
         if not pieces:
             return
+        if len(starts) + len(pieces) > self.max_ooo_pieces:
+            self.ooo_refused += 1
+            return
         if len(pieces) == 1 and pieces[0] == (offset, end):
             copies: list[tuple[int, Chunk]] = [(offset, bytes(data))]
         else:
@@ -150,6 +181,22 @@ class ReceiveBuffer:
             starts.insert(k, start)
             datas.insert(k, piece)
             self._ooo_bytes += len(piece)
+        self._add_run(offset, end)
+
+    def _add_run(self, start: int, end: int) -> None:
+        """Merge [start, end) into the runs; touching runs merge, as `ooo_runs` promises."""
+        run_starts = self._run_starts
+        run_ends = self._run_ends
+        i = bisect_left(run_ends, start)  # the first run ending at or after `start`
+        j = i
+        count = len(run_starts)
+        while j < count and run_starts[j] <= end:
+            j += 1
+        if j > i:
+            start = min(start, run_starts[i])
+            end = max(end, run_ends[j - 1])
+        run_starts[i:j] = [start]
+        run_ends[i:j] = [end]
 
     def _note_recent(self, offset: int) -> None:
         """Remember that a segment just arrived at `offset` (RFC 2018 section 4 block order)."""
@@ -161,37 +208,32 @@ class ReceiveBuffer:
 
     def ooo_runs(self) -> list[tuple[int, int]]:
         """Contiguous out-of-order ranges as (start, end) stream offsets, lowest first."""
-        runs: list[tuple[int, int]] = []
-        for start, piece in zip(self._ooo_starts, self._ooo_data, strict=True):
-            end = start + len(piece)
-            if runs and runs[-1][1] >= start:
-                if end > runs[-1][1]:
-                    runs[-1] = (runs[-1][0], end)
-            else:
-                runs.append((start, end))
-        return runs
+        return list(zip(self._run_starts, self._run_ends, strict=True))
 
     def sack_blocks(self, limit: int) -> list[tuple[int, int]]:
         """Up to `limit` SACK blocks (stream offsets) in RFC 2018 section 4 order.
 
         The first block holds the most recently received segment; further blocks repeat the
-        most recently reported ones, then any other runs, highest first.
+        most recently reported ones, then any other runs, highest first. Costs a few
+        bisections, however many runs there are (it runs for every ACK sent).
         """
-        runs = self.ooo_runs()
-        if not runs:
+        run_starts = self._run_starts
+        run_ends = self._run_ends
+        if not run_starts:
             return []
         chosen: list[tuple[int, int]] = []
         for offset in self._recent:
-            for run in runs:
-                if run[0] <= offset < run[1]:
-                    if run not in chosen:
-                        chosen.append(run)
-                    break
-        for run in reversed(runs):
-            if len(chosen) >= limit:
-                break
+            i = bisect_right(run_starts, offset) - 1
+            if i >= 0 and offset < run_ends[i]:
+                run = (run_starts[i], run_ends[i])
+                if run not in chosen:
+                    chosen.append(run)
+        i = len(run_starts) - 1
+        while i >= 0 and len(chosen) < limit:
+            run = (run_starts[i], run_ends[i])
             if run not in chosen:
                 chosen.append(run)
+            i -= 1
         return chosen[:limit]
 
     def recv(self, max_bytes: int = -1) -> bytes:
@@ -253,3 +295,5 @@ class ReceiveBuffer:
         self._ooo_data.clear()
         self._ooo_bytes = 0
         self._recent.clear()
+        self._run_starts.clear()
+        self._run_ends.clear()

@@ -4,11 +4,21 @@ The connection uses it to avoid resending what the peer already holds: retransmi
 at the next SACKed range, and after a timeout the go-back-N resend skips SACKed ranges (RFC 6675
 section 5.1 keeps the scoreboard across an RTO). Sequence numbers are the connection's
 unbounded integers.
+
+The number of disjoint ranges is bounded (`MAX_RANGES`): loss recovery walks them on every
+ACK, and a hostile receiver could otherwise report a 1-byte range at every other byte of the
+window. An honest one reports one range per run of segments beyond a hole, far fewer. A block
+that would add a range beyond the bound is ignored; SACK information is advisory (RFC 2018
+section 8), so the sender then merely resends bytes the peer may already hold.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
+from typing import Final
+
+#: Disjoint SACKed ranges kept at most (holes in one window, each a separate loss).
+MAX_RANGES: Final = 256
 
 
 class SackScoreboard:
@@ -52,6 +62,8 @@ class SackScoreboard:
             start = min(start, starts[j])
             end = max(end, ends[j])
             j += 1
+        if j == i and len(starts) >= MAX_RANGES:
+            return False  # a new disjoint range beyond the bound
         starts[i:j] = [start]
         ends[i:j] = [end]
         return True
