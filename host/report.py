@@ -58,7 +58,7 @@ def results_table(data: dict) -> Table:
         path = "kernel (iperf3)" if rec["type"] == "iperf3" else rec["path"]
         opts = rec.get("stack") or {}
         if opts:
-            path += f" [{opts['offload']}{'; socket' if opts['device'] == 'packet' else ''}]"
+            path += f" ({opts['offload']}{'; socket' if opts['device'] == 'packet' else ''})"
         table.add_row(
             rec["experiment"],
             rec["type"],
