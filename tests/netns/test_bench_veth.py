@@ -1,0 +1,42 @@
+"""The veth benchmark (`guest.stack.bench_veth`) runs end to end: kernel and our stack with and
+without levers, every stream byte-exact, a JSON line with every row."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from guest.stack.device.netns import leftovers, unavailable_reason
+from host.paths import PROJECT_ROOT
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
+
+
+def test_bench_veth_reports_every_path() -> None:
+    if (why := unavailable_reason()) is not None:
+        pytest.skip(why)
+    before = set(leftovers())
+    done = subprocess.run(
+        [sys.executable, "-m", "guest.stack.bench_veth", "--seconds", "1"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = {(r["path"], r["offload"], r["type"]): r for r in report["rows"]}
+    assert set(rows) == {
+        (path, off, kind)
+        for path, off in (("kernel", "-"), ("mono", "all"), ("mono", "none"))
+        for kind in ("stream", "rr")
+    }
+    for (_, _, kind), r in rows.items():
+        if kind == "stream":
+            assert r["sha256_ok"] and r["mbit_per_s"] > 0
+        else:
+            assert r["transactions_per_s"] > 0 and 0 < r["p50_us"] <= r["p99_us"]
+    assert set(leftovers()) == before  # the namespaces are gone
