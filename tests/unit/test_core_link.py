@@ -181,6 +181,19 @@ def test_arp_pending_queue_bound_drops_oldest() -> None:
     assert got == [bytes([i]) for i in range(6, 10)]  # Linux drops the oldest
 
 
+def test_arp_pending_next_hops_are_bounded() -> None:
+    """Frames to many unresolved on-link hosts (say, SYN-ACKs to spoofed sources) cannot grow
+    the pending table without bound: past the cache's size, new next hops are refused."""
+    net = make_network()
+    a = net.a.stack
+    a.arp.max_entries = 8
+    ha = a.udp_bind(5000)
+    for host in range(20, 40):
+        a.udp_sendto(ha, b"x", f"198.18.1.{host}", 9, net.now)
+    assert len(a.arp.pending_hops()) == 8
+    assert a.counters.arp_requests_out == 8 and a.counters.arp_queue_drops == 12
+
+
 def test_arp_gives_up_after_retries() -> None:
     net = make_network(a={"arp_queue_limit": 3, "arp_max_requests": 3})
     a = net.a.stack

@@ -113,6 +113,11 @@ class ArpResolver:
         """Hold `frame` (destination MAC to be patched) until `ip` resolves; start resolving."""
         pending = self._pending.get(ip)
         if pending is None:
+            if len(self._pending) >= self.max_entries:
+                # Bounded like the cache: replies to a flood of spoofed on-link sources must
+                # not grow a table that every poll walks.
+                self.counters.arp_queue_drops += 1
+                return
             pending = self._pending[ip] = _Pending(now + self.retry_interval)
             out.append(self._request(ip, None))
         frames = pending.frames
