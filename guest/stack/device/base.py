@@ -31,7 +31,7 @@ FCS.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol, TypeAlias, runtime_checkable
 
@@ -125,3 +125,24 @@ class Device(Protocol):
     def close(self) -> None:
         """Release socket and memory; frames from `recv_batch()` become invalid. Idempotent."""
         ...
+
+
+def send_each(
+    send: Callable[[Frame, bytes], bool],
+    frames: Iterable[Frame],
+    headers: Sequence[bytes] | None = None,
+) -> int:
+    """`send(frame, header)` each frame in order until one is refused; how many were taken.
+    The `send_batch` of a device with no faster way than one `send` per frame."""
+    sent = 0
+    if headers is None:
+        for frame in frames:
+            if not send(frame, b""):
+                break
+            sent += 1
+        return sent
+    for frame, header in zip(frames, headers, strict=True):
+        if not send(frame, header):
+            break
+        sent += 1
+    return sent

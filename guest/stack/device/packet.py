@@ -22,7 +22,7 @@ import socket
 from collections.abc import Iterable, Sequence
 
 from . import abi
-from .base import DeviceStats, Frame
+from .base import DeviceStats, Frame, send_each
 from .vnet import HEADER_LEN as VNET_HEADER_LEN
 
 #: Receive buffer for frames carrying a virtio_net_hdr: GRO may hand up 64 KiB segments.
@@ -138,19 +138,7 @@ class PacketDevice:
     def send_batch(self, frames: Iterable[Frame], headers: Sequence[bytes] | None = None) -> int:
         """One send() per frame (Python has no sendmmsg); stops at the first refusal.
         `headers[i]`, if given, goes in front of the i-th frame."""
-        sent = 0
-        send = self.send
-        if headers is None:
-            for frame in frames:
-                if not send(frame):
-                    break
-                sent += 1
-            return sent
-        for frame, header in zip(frames, headers, strict=True):
-            if not send(frame, header):
-                break
-            sent += 1
-        return sent
+        return send_each(self.send, frames, headers)
 
     def flush(self) -> None:
         """Nothing is ever queued here: `send()` hands each frame to the kernel at once."""

@@ -52,7 +52,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from . import abi
-from .base import DeviceStats, Frame
+from .base import DeviceStats, Frame, send_each
 from .vnet import HEADER_LEN as VNET_HEADER_LEN
 
 _U32 = struct.Struct("=I")
@@ -454,7 +454,11 @@ class RingDevice:
         `headers[i]`, if given, goes in front of the i-th frame (see `send`).
         """
         if headers is not None:
-            return self._send_batch_headed(list(frames), headers)
+            # Few frames come with headers (TSO makes them large): the plain `send()` path
+            # costs nothing worth inlining.
+            queued = send_each(self.send, frames, headers)
+            self.flush()
+            return queued
         view = self._view
         table = self._tx_table
         nr = self._tx_nr
@@ -491,18 +495,6 @@ class RingDevice:
                 if not self.send(frame):
                     break
                 queued += 1
-        self.flush()
-        return queued
-
-    def _send_batch_headed(self, frames: list[Frame], headers: Sequence[bytes]) -> int:
-        """`send_batch` with a header per frame: few frames here (TSO makes them large), so
-        the plain `send()` path costs nothing worth inlining."""
-        queued = 0
-        send = self.send
-        for frame, header in zip(frames, headers, strict=True):
-            if not send(frame, header):
-                break
-            queued += 1
         self.flush()
         return queued
 
