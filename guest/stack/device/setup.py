@@ -157,10 +157,7 @@ def take_over(iface: str, offloads: bool | Mapping[str, bool]) -> TakeOver:
     would then receive frames it cannot take. Other features that refuse to change (fixed on
     this NIC) are listed in `TakeOver.unchanged`.
     """
-    if not isinstance(offloads, bool):
-        unknown = set(offloads) - set(FEATURES)
-        if unknown:
-            raise ValueError(f"unknown offload features: {', '.join(sorted(unknown))}")
+    wanted = _wanted_features(offloads)
     link = json.loads(_run(["ip", "-j", "link", "show", "dev", iface]).stdout)[0]
     was_up = "UP" in link.get("flags", [])
     info = json.loads(_run(["ip", "-j", "-4", "addr", "show", "dev", iface]).stdout)
@@ -184,18 +181,24 @@ def take_over(iface: str, offloads: bool | Mapping[str, bool]) -> TakeOver:
             _run(["sysctl", "-qw", f"{path}={value}"])
         _run(["ip", "-4", "addr", "flush", "dev", iface])
         _run(["ip", "link", "set", "dev", iface, "up"])
-        _set_offloads(record, offloads)
+        _set_offloads(record, wanted)
     except BaseException:
         record.restore()
         raise
     return record
 
 
-def _set_offloads(record: TakeOver, offloads: bool | Mapping[str, bool]) -> None:
+def _wanted_features(offloads: bool | Mapping[str, bool]) -> dict[str, bool]:
+    """Every feature of `FEATURES` with its wanted state (see `take_over`)."""
     if isinstance(offloads, bool):
-        wanted = OFFLOADS_ON if offloads else dict.fromkeys(FEATURES, False)
-    else:
-        wanted = {**dict.fromkeys(FEATURES, False), **offloads}
+        return dict(OFFLOADS_ON) if offloads else dict.fromkeys(FEATURES, False)
+    unknown = set(offloads) - set(FEATURES)
+    if unknown:
+        raise ValueError(f"unknown offload features: {', '.join(sorted(unknown))}")
+    return {**dict.fromkeys(FEATURES, False), **offloads}
+
+
+def _set_offloads(record: TakeOver, wanted: dict[str, bool]) -> None:
     before = read_features(record.iface)
     for short, on in wanted.items():
         state = before.get(FEATURES[short])
