@@ -386,27 +386,28 @@ class NetStack:
         """Close a connection gracefully (FIN after queued data; RST if unread data remains,
         as Linux does) or stop a listener (its unaccepted connections are reset). The handle
         is released at once; the connection finishes on its own."""
-        sock = self._handles.pop(handle, None)
+        sock = self._release_tcp(handle)
         if type(sock) is TcpSocket:
             self.tcp.close(sock, self._now if now is None else now)
-        elif type(sock) is TcpListen:
-            self.tcp.close_listener(sock)
         else:
-            if sock is not None:
-                self._handles[handle] = sock
-            raise OSError(errno.EBADF, f"handle {handle} is not a TCP socket")
+            self.tcp.close_listener(sock)
 
     def tcp_abort(self, handle: Handle) -> None:
         """Reset the connection (RST) and release the handle."""
-        sock = self._handles.pop(handle, None)
+        sock = self._release_tcp(handle)
         if type(sock) is TcpSocket:
             self.tcp.abort(sock)
-        elif type(sock) is TcpListen:
-            self.tcp.close_listener(sock)
         else:
-            if sock is not None:
-                self._handles[handle] = sock
+            self.tcp.close_listener(sock)
+
+    def _release_tcp(self, handle: Handle) -> TcpSocket | TcpListen:
+        """Take a TCP connection or listener out of the handle table (EBADF for any other
+        handle, which stays as it was)."""
+        sock = self._handles.get(handle)
+        if type(sock) is not TcpSocket and type(sock) is not TcpListen:
             raise OSError(errno.EBADF, f"handle {handle} is not a TCP socket")
+        del self._handles[handle]
+        return sock
 
     # ================================================================== UDP API
 
