@@ -7,9 +7,10 @@ benchmark can turn them on one at a time and report what each buys:
 * `csum`: checksum offload. Frames go out with the pseudo-header seed in the TCP/UDP checksum
   and a virtio_net_hdr saying NEEDS_CSUM, for the NIC to finish; received frames the NIC (or
   the kernel) already verified say DATA_VALID and are not verified again.
-* `tso`: segmentation offload. `NetStack` merges a connection's full-sized segments into one
-  `TsoFrame` of up to 64 KiB; its virtio_net_hdr (GSO_TCPV4, gso_size = MSS) lets the e1000
-  cut it up (the kernel does it in software on NICs without TSO). Implies `csum`.
+* `tso`: segmentation offload. A `NetStack` connection emits its new data as super-segments
+  of up to 64 KiB (`TcpConfig.tso_size`), each a `TsoFrame`; its virtio_net_hdr (GSO_TCPV4,
+  gso_size = MSS) lets the e1000 cut it up (the kernel does it in software on NICs without
+  TSO). Implies `csum`.
 * `gro`: coalesced receive. The kernel's GRO merges consecutive segments of a flow before the
   packet tap sees them, so the stack receives one large segment instead of dozens.
 
