@@ -57,11 +57,13 @@ def netns_pair(mtu: int | None = None, tools: tuple[str, ...] = ()) -> Iterator[
         yield pair
 
 
-def start(ns: str, module: str, *args: str) -> subprocess.Popen[str]:
-    """Run `python3 -m module args...` inside namespace `ns`, stdout captured as text."""
+def start(ns: str, module: str, *args: str, cpu: int | None = None) -> subprocess.Popen[str]:
+    """Run `python3 -m module args...` inside namespace `ns`, stdout captured as text; with
+    `cpu`, it and all it starts run on that CPU only."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    argv = ns_cmd(ns, [sys.executable, "-m", module, *args])
     return subprocess.Popen(
-        ns_cmd(ns, [sys.executable, "-m", module, *args]),
+        argv if cpu is None else ["taskset", "-c", str(cpu), *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

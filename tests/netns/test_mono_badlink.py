@@ -69,7 +69,10 @@ class Processes:
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, ns: str, module: str, *args: str) -> subprocess.Popen[str]:
-        proc = start(ns, module, *args)
+        # All on one CPU: a veth hands a frame to the receive backlog of the CPU that sent it,
+        # so a sender moving between CPUs can reorder its own frames before the relay sees
+        # them, and the relay would count the late originals as retransmissions.
+        proc = start(ns, module, *args, cpu=0)
         self.procs.append(proc)
         return proc
 
