@@ -39,7 +39,10 @@ DEVICE_KINDS = ("ring-v2", "ring-v3", "packet")
 #: Every lever on: the fastest configuration (see the levers bench, configs/levers.yaml).
 DEFAULT_OFFLOADS = Offloads(csum=True, tso=True, gro=True)
 #: How long a stack asked to stop keeps running to finish close handshakes (FIN, last data).
-DEFAULT_LINGER_S = 5.0
+#: A lost FIN is resent on the retransmission timer, which backs off: under emulation with
+#: loss the RTO can reach seconds, and 5 s allowed one resend only, so a peer could miss
+#: the FIN for good (the kernel keeps an orphaned connection retrying for minutes).
+DEFAULT_LINGER_S = 20.0
 
 
 def _offloads(text: str) -> Offloads:

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 
-from guest.stack.mono import default_socket_path
+from guest.stack.mono import DEFAULT_LINGER_S, default_socket_path
 from guest.stack.session.client import StackClient, StackListener, StackSocket
 
 from .providers import TrafficError
@@ -141,7 +141,8 @@ class MonoProvider:
         if proc.poll() is None:
             proc.terminate()
         try:
-            out, _err = proc.communicate(timeout=10)
+            # The stack lingers until its close handshakes are done (DEFAULT_LINGER_S at most).
+            out, _err = proc.communicate(timeout=DEFAULT_LINGER_S + 10)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, _err = proc.communicate()
