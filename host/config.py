@@ -58,9 +58,9 @@ __all__ = [
     "parse_lab",
 ]
 
-#: Network stacks an experiment may exercise. Later stages add "mono" and "factored";
-#: extending this tuple is all the config layer needs.
-ALLOWED_PATHS: tuple[str, ...] = ("kernel", "mono")
+#: Network stacks an experiment may exercise: the kernel's, and our user-level stack as one
+#: process (mono) or split into protection domains (factored).
+ALLOWED_PATHS: tuple[str, ...] = ("kernel", "mono", "factored")
 
 #: RFC 2544 benchmarking range. Link addresses must stay inside it so that a mistyped
 #: config can never make the testbed send traffic to a real network.

@@ -290,46 +290,42 @@ def open_device(kind: str, iface: str, vnet_hdr: bool = False) -> Device:
     return RingDevice(iface, version=3 if kind == "ring-v3" else 2, vnet_hdr=vnet_hdr)
 
 
-class MonoStack:
-    """One process: device + NetStack + session server, driven by one poll loop."""
+class StackProcess:
+    """Device + Nic + NetStack + session server, driven by one poll loop.
+
+    This is the protocol side that the monolithic and the factored stacks share: the monolithic
+    stack runs it over the NIC itself (`MonoStack`), the factored stack's protocol domain runs
+    it over shared-memory rings to a driver domain (`factored.shmdev.ShmDevice`). So the
+    difference measured between the two paths is the device underneath and nothing else.
+    """
 
     def __init__(
         self,
-        iface: str,
+        dev: Device,
+        offloads: Offloads,
         addr: str,
         socket_path: str,
-        device: str = "ring-v2",
         gateway: str | None = None,
-        offloads: Offloads = DEFAULT_OFFLOADS,
         linger: float = DEFAULT_LINGER_S,
     ):
-        from guest.stack.device.setup import take_over
-
-        self.iface = iface
-        self.takeover = take_over(iface, offloads.features)
-        try:
-            self.dev = open_device(device, iface, offloads.vnet_hdr)
-            self.nic = Nic(self.dev, offloads)
-            self.clock = time.monotonic
-            self.st = NetStack(
-                mac=self.dev.mac,
-                addr=addr,
-                mtu=self.dev.mtu,
-                gateway=gateway,
-                now=self.clock(),
-                tso_max_size=self.nic.tso_max_size,
-                tx_checksum_offload=self.nic.tx_checksum_offload,
-            )
-            os.makedirs(os.path.dirname(socket_path) or ".", exist_ok=True)
-            if os.path.exists(socket_path):
-                os.unlink(socket_path)  # a stale socket from a stack that died
-            self.server = SessionServer(socket_path, mode=0o666)
-            self.backend = StackBackend(self.st, self.server, self.clock)
-        except BaseException:
-            self.takeover.restore()
-            raise
+        self.dev = dev
+        self.nic = Nic(dev, offloads)
+        self.clock = time.monotonic
+        self.st = NetStack(
+            mac=dev.mac,
+            addr=addr,
+            mtu=dev.mtu,
+            gateway=gateway,
+            now=self.clock(),
+            tso_max_size=self.nic.tso_max_size,
+            tx_checksum_offload=self.nic.tx_checksum_offload,
+        )
+        os.makedirs(os.path.dirname(socket_path) or ".", exist_ok=True)
+        if os.path.exists(socket_path):
+            os.unlink(socket_path)  # a stale socket from a stack that died
+        self.server = SessionServer(socket_path, mode=0o666)
+        self.backend = StackBackend(self.st, self.server, self.clock)
         self.socket_path = socket_path
-        self.device_kind = device
         self.linger = linger
         self._stop = False
 
@@ -348,6 +344,10 @@ class MonoStack:
         version = -1
         server, backend, st, dev = self.server, self.backend, self.st, self.dev
         nic_receive, deliver = self.nic.receive, st.receive_frame
+        # A device whose fd is a doorbell (the factored stack's shared-memory rings) must be
+        # told before the loop sleeps, and may hold frames while its fd is not readable.
+        prepare_to_sleep: Callable[[], bool] | None = getattr(dev, "prepare_to_sleep", None)
+        rx_waiting: Callable[[], bool] = getattr(dev, "rx_waiting", bool)
         linger_until: float | None = None
         while True:
             if self._stop:
@@ -371,33 +371,76 @@ class MonoStack:
                 timeout = min(timeout, 0.001)
             elif linger_until is not None:
                 timeout = min(timeout, 0.05)
+            rx_now = False
+            if prepare_to_sleep is not None and (
+                rx_waiting() or (timeout > 0 and not prepare_to_sleep())
+            ):
+                timeout, rx_now = 0.0, True
             for key, _mask in sel.select(timeout):
-                now = self.clock()
                 if key.fd == dev_fd:
-                    for _ in range(64):  # bounded, so sessions are served under load too
-                        if not nic_receive(deliver, now, 256):
-                            break
+                    rx_now = True
                 else:
                     dispatch(server, backend, server.handle_readable(key.fd))
+            if rx_now:
+                now = self.clock()
+                for _ in range(64):  # bounded, so sessions are served under load too
+                    if not nic_receive(deliver, now, 256):
+                        break
             now = self.clock()
             backend.handle_events()  # a Writable event re-queues blocked senders (tx_kick)
             self._transmit(now)
             backend.handle_events()
         sel.close()
 
-    def close(self) -> dict:
-        stats = {
+    def stats(self) -> dict:
+        return {
             "stack": self.st.stats(),
             "device": asdict(self.dev.stats),
             "nic": self.nic.stats(),
         }
+
+    def close_server(self) -> None:
+        self.server.close()
+        if os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
+
+
+class MonoStack(StackProcess):
+    """One process: the NIC (an AF_PACKET device) + NetStack + session server."""
+
+    def __init__(
+        self,
+        iface: str,
+        addr: str,
+        socket_path: str,
+        device: str = "ring-v2",
+        gateway: str | None = None,
+        offloads: Offloads = DEFAULT_OFFLOADS,
+        linger: float = DEFAULT_LINGER_S,
+    ):
+        from guest.stack.device.setup import take_over
+
+        self.iface = iface
+        self.device_kind = device
+        self.takeover = take_over(iface, offloads.features)
         try:
-            self.server.close()
+            dev = open_device(device, iface, offloads.vnet_hdr)
+            try:
+                super().__init__(dev, offloads, addr, socket_path, gateway, linger)
+            except BaseException:
+                dev.close()
+                raise
+        except BaseException:
+            self.takeover.restore()
+            raise
+
+    def close(self) -> dict:
+        stats = self.stats()
+        try:
+            self.close_server()
             self.dev.close()
         finally:
             self.takeover.restore()
-            if os.path.exists(self.socket_path):
-                os.unlink(self.socket_path)
         return stats
 
 

@@ -66,7 +66,7 @@ def _common_options() -> argparse.ArgumentParser:
         help="idle timeout in s for any blocking socket op (default 30)",
     )
     common.add_argument("--label", default="", help="free text echoed into the JSON result")
-    user = common.add_argument_group("user-level paths (mono)")
+    user = common.add_argument_group("user-level paths (mono, factored)")
     user.add_argument("--iface", help="NIC the user-level stack runs on")
     user.add_argument(
         "--addr",

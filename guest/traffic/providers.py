@@ -186,10 +186,17 @@ def _mono(args: object) -> SocketProvider:
     return MonoProvider(args)
 
 
+def _factored(args: object) -> SocketProvider:
+    from .userstack import FactoredProvider
+
+    return FactoredProvider(args)
+
+
 #: Path name -> factory taking the parsed arguments (user-level paths need --iface/--addr).
 PROVIDERS: dict[str, Callable[[object], SocketProvider]] = {
     "kernel": _kernel,
     "mono": _mono,
+    "factored": _factored,
 }
 
 

@@ -1,9 +1,10 @@
-"""The `mono` path: the traffic tool as an application of our user-level stack.
+"""The `mono` and `factored` paths: the traffic tool as an application of our user-level stack.
 
 The tool talks to a stack process through the session boundary (`guest.stack.session`). When no
-stack serves the interface yet, the provider starts one for the run (`guest.stack.mono`) and
-stops it afterwards, so one command is enough on a bare Linux host; a stack started on its own
-(long-running, shared by several runs) is found by its socket and reused.
+stack serves the interface yet, the provider starts one for the run (`guest.stack.mono` or
+`guest.stack.factored`) and stops it afterwards, so one command is enough on a bare Linux host;
+a stack started on its own (long-running, shared by several runs) is found by its socket and
+reused.
 """
 
 from __future__ import annotations
@@ -150,3 +151,11 @@ class MonoProvider:
             if line.startswith('{"event": "stopped"'):
                 return json.loads(line).get("stats")
         return None
+
+
+class FactoredProvider(MonoProvider):
+    """Sockets of the factored user-level stack (driver and protocol domains, confined): the
+    same session boundary, so the application side is the monolithic one unchanged."""
+
+    name = "factored"
+    stack_module = "guest.stack.factored"

@@ -359,11 +359,11 @@ def test_allowed_paths_is_the_single_source_of_truth(
     links: [{endpoints: [a, b]}]
     experiments: [{name: m, type: stream, path: factored, client: a, server: b}]
     """
-    assert ALLOWED_PATHS == ("kernel", "mono")
+    assert ALLOWED_PATHS == ("kernel", "mono", "factored")
+    assert parse_lab(textwrap.dedent(text)).experiment("m").path == "factored"
+    monkeypatch.setattr(config_module, "ALLOWED_PATHS", ("kernel", "mono"))
     with pytest.raises(ConfigError, match="path 'factored' is not allowed"):
         parse_lab(textwrap.dedent(text))
-    monkeypatch.setattr(config_module, "ALLOWED_PATHS", ("kernel", "mono", "factored"))
-    assert parse_lab(textwrap.dedent(text)).experiment("m").path == "factored"
 
 
 def test_experiment_type_specific_defaults() -> None:

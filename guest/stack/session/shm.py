@@ -22,12 +22,29 @@ to another process as plain fds over a UNIX socket (`send_fds`/`recv_fds`), and 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import mmap
 import os
 import socket
 import threading
 from typing import Final
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_mmap = _LIBC.mmap
+_mmap.argtypes = (
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+)
+_mmap.restype = ctypes.c_void_p
+_munmap = _LIBC.munmap
+_munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_munmap.restype = ctypes.c_int
+_MAP_FAILED = ctypes.c_void_p(-1).value
 
 #: Not exported by Python's fcntl (Linux 5.1, include/uapi/linux/fcntl.h).
 F_SEAL_FUTURE_WRITE: Final = 0x0010
@@ -74,9 +91,12 @@ class SharedRegion:
         self.fd = fd
         self.size = size
         self.writable = writable
-        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        self._mm: mmap.mmap | None = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=prot)
-        self.view = memoryview(self._mm)
+        if writable:
+            self._mm: mmap.mmap | None = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+            self.view = memoryview(self._mm)
+        else:
+            self._mm = None
+            self.view = map_readonly(fd, size)
 
     @classmethod
     def create(cls, size: int, name: str = "stackbed") -> SharedRegion:
@@ -146,13 +166,47 @@ class SharedRegion:
     def close(self) -> None:
         """Unmap and close. Views handed out (ring slots) may still pin the mapping: then the
         unmap happens when the last of them is garbage collected, never under a live view."""
-        if self._mm is None:
+        if self.view is None:
             return
-        mm, self._mm = self._mm, None
         self.view.release()
-        with contextlib.suppress(BufferError):
-            mm.close()  # else exported slot views remain; mmap's dealloc unmaps after them
+        self.view = None
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            with contextlib.suppress(BufferError):
+                mm.close()  # else exported slot views remain; mmap's dealloc unmaps after them
         self.close_fd()
+
+
+class _Unmapper:
+    """Unmaps a read-only mapping when the last view of it is gone (see `map_readonly`)."""
+
+    __slots__ = ("addr", "size")
+
+    def __init__(self, addr: int, size: int) -> None:
+        self.addr, self.size = addr, size
+
+    def __del__(self) -> None:
+        _munmap(self.addr, self.size)
+
+
+def map_readonly(fd: int, size: int) -> memoryview:
+    """A `PROT_READ` shared mapping of `fd` that keeps no fd of its own.
+
+    Python's `mmap.mmap` keeps a dup of the fd it maps, for its whole life. For a region the
+    *peer* writes, a dup of the peer's read-write memfd would let this process map the region
+    writable again at any time (the factored stack's protocol domain, confined, must not be
+    able to write an application's transmit ring). Mapped here through libc, the only way to
+    write is `mprotect`, which the domains' seccomp filter allows for read/exec only. The
+    mapping lives as long as any view of it: the ctypes array behind the views holds the
+    `_Unmapper`.
+    """
+    addr = _mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if addr in (None, _MAP_FAILED):
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap of a shared region failed: {os.strerror(err)}")
+    array = (ctypes.c_char * size).from_address(addr)
+    array.unmapper = _Unmapper(addr, size)  # type: ignore[attr-defined]
+    return memoryview(array).cast("B").toreadonly()
 
 
 def send_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:

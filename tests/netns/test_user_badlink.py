@@ -1,5 +1,5 @@
-"""The monolithic stack against Linux TCP through a bad link: loss, duplication, corruption,
-reordering and delay, in both directions, byte-exact.
+"""Our stack, monolithic and factored, against Linux TCP through a bad link: loss, duplication,
+corruption, reordering and delay, in both directions, byte-exact.
 
 This host's kernel has no netem, so the impairment comes from the user-space relay
 (`guest.stack.device.relay`) in a middle namespace: ours (A) —veth— relay (M) —veth— Linux (B).
@@ -158,9 +158,10 @@ def _assert_intact(sent: dict[str, Any], got: dict[str, Any], src: str, dst: str
     assert sent["sha256"] == got["sha256"]
 
 
-def test_both_directions_through_a_bad_link(chain: VethChain, tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ["mono", "factored"])
+def test_both_directions_through_a_bad_link(chain: VethChain, tmp_path: Path, path: str) -> None:
     sock = str(tmp_path / "stack.sock")
-    mono = ["--path", "mono", "--stack-socket", sock]
+    mono = ["--path", path, "--stack-socket", sock]
     impairment = [arg for pair in IMPAIRMENT.items() for arg in pair]
     began = time.monotonic()
     with Processes() as procs:
@@ -176,7 +177,7 @@ def test_both_directions_through_a_bad_link(chain: VethChain, tmp_path: Path) ->
         _event(relay, "ready")
         stack = procs.start(
             chain.ns_a,
-            "guest.stack.mono",
+            f"guest.stack.{path}",
             "--iface",
             chain.if_a,
             "--addr",
@@ -208,7 +209,7 @@ def test_both_directions_through_a_bad_link(chain: VethChain, tmp_path: Path) ->
             "--seed",
             "11",
         )
-        _assert_intact(_result(source), _result(sink), "mono", "kernel")
+        _assert_intact(_result(source), _result(sink), path, "kernel")
         outbound_s = time.monotonic() - t0
 
         # Linux source -> our sink.
@@ -228,7 +229,7 @@ def test_both_directions_through_a_bad_link(chain: VethChain, tmp_path: Path) ->
             "--seed",
             "12",
         )
-        _assert_intact(_result(source), _result(sink), "kernel", "mono")
+        _assert_intact(_result(source), _result(sink), "kernel", path)
         inbound_s = time.monotonic() - t0
 
         # The stack first, so that the relay has seen every frame the stack sent.

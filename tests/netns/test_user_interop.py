@@ -1,7 +1,8 @@
-"""Interoperability of the monolithic user-level stack with Linux TCP, on a veth pair.
+"""Interoperability of our user-level stack with Linux TCP, on a veth pair.
 
-Our stack runs in one namespace on a NIC it takes from the kernel (`--path mono`, started by the
-traffic tool for the run); Linux's own stack runs in the other. Both directions, byte-exact
+Our stack runs in one namespace on a NIC it takes from the kernel, started by the traffic tool
+for the run: as one process (`--path mono`) or split into confined driver and protocol domains
+(`--path factored`); Linux's own stack runs in the other namespace. Both directions, byte-exact
 (sha256 at both ends), then request/response.
 """
 
@@ -24,8 +25,13 @@ OURS, LINUX = "198.18.77.1", "198.18.77.2"
 NBYTES = 4 * 1_000_003 + 777
 
 
+@pytest.fixture(params=["mono", "factored"])
+def path(request) -> str:
+    return request.param
+
+
 @pytest.fixture(params=["offloads", "plain"])
-def link(request):
+def link(request, path):
     """A veth pair, Linux on side B. "offloads": every lever on at both ends, so Linux hands
     over GSO super-frames with partial checksums, which our stack takes through the
     virtio_net_hdr (NEEDS_CSUM). "plain": no lever, Linux's offloads off, MTU-sized frames
@@ -34,7 +40,7 @@ def link(request):
         pytest.skip(why)
     with veth_pair() as veth:
         offload = "all" if request.param == "offloads" else "none"
-        pair = SimpleNamespace(**dataclasses.asdict(veth), offload=offload)
+        pair = SimpleNamespace(**dataclasses.asdict(veth), offload=offload, path=path)
         ns = ["ip", "-n", pair.ns_b]
         subprocess.run([*ns, "addr", "add", f"{LINUX}/24", "dev", pair.if_b], check=True)
         if request.param == "offloads":
@@ -83,10 +89,10 @@ def _result(proc: subprocess.Popen, timeout: float = 120) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _mono(pair) -> list[str]:
+def _ours(pair) -> list[str]:
     return [
         "--path",
-        "mono",
+        pair.path,
         "--iface",
         pair.if_a,
         "--addr",
@@ -105,7 +111,7 @@ def test_our_client_to_linux_server(link):
         _traffic(
             link.ns_a,
             "source",
-            *_mono(link),
+            *_ours(link),
             "--peer",
             LINUX,
             "--port",
@@ -117,13 +123,13 @@ def test_our_client_to_linux_server(link):
         )
     )
     got = _result(sink)
-    assert src["path"] == "mono" and got["path"] == "kernel"
+    assert src["path"] == link.path and got["path"] == "kernel"
     assert src["bytes"] == got["bytes"] == NBYTES
     assert src["sha256"] == got["sha256"]
 
 
 def test_linux_client_to_our_server(link):
-    sink = _traffic(link.ns_a, "sink", *_mono(link), "--port", "7002")
+    sink = _traffic(link.ns_a, "sink", *_ours(link), "--port", "7002")
     src = _result(
         _traffic(
             link.ns_b,
@@ -141,7 +147,7 @@ def test_linux_client_to_our_server(link):
         )
     )
     got = _result(sink)
-    assert got["path"] == "mono" and src["path"] == "kernel"
+    assert got["path"] == link.path and src["path"] == "kernel"
     assert src["bytes"] == got["bytes"] == NBYTES
     assert src["sha256"] == got["sha256"]
 
@@ -155,7 +161,7 @@ def test_request_response_both_ways(link):
         _traffic(
             link.ns_a,
             "rr-client",
-            *_mono(link),
+            *_ours(link),
             "--peer",
             LINUX,
             "--port",

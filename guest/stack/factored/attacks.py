@@ -1,0 +1,174 @@
+"""Attacks a compromised protocol domain would try, run from inside it (for the isolation tests).
+
+`python3 -m guest.stack.factored ... --attackable` makes the protocol domain run `run_all` when
+it receives SIGUSR1, after confinement, with whatever sessions are live at that moment; each
+attack reports `denied` (with the error the kernel or Python gave) or `SUCCEEDED` (what it
+managed), on the launcher's stdout as `{"event": "attacks", ...}`. The tests require every one
+to be denied, and the stack to keep serving afterwards (contained). Nothing here is used
+outside that option.
+
+Each attack is the strongest form we know of its kind, not a polite API call: a write into
+another domain's memory is tried through the read-only view, by remapping every fd the domain
+holds writable, and by `mprotect` of the mapping itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import mmap
+import os
+import signal
+import socket
+import stat
+from collections.abc import Callable
+
+from guest.stack.session.server import SessionServer
+
+from .link import LinkEnd
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
+_LIBC.ptrace.restype = ctypes.c_long
+_LIBC.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_LIBC.mprotect.restype = ctypes.c_int
+PTRACE_ATTACH = 16
+
+
+class Succeeded(Exception):
+    """The attack got through: the message says what it did."""
+
+
+def _libc_call(result: int, what: str) -> None:
+    if result == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    raise Succeeded(f"{what} returned {result}")
+
+
+def _address(view: memoryview) -> int:
+    """Start address of a read-only view made by `shm.map_readonly` (over a ctypes array)."""
+    return ctypes.addressof(view.obj)
+
+
+def _mprotect_writable(view: memoryview, what: str) -> None:
+    length = len(view) // mmap.PAGESIZE * mmap.PAGESIZE
+    _libc_call(
+        _LIBC.mprotect(_address(view), length, mmap.PROT_READ | mmap.PROT_WRITE),
+        f"mprotect(PROT_WRITE) of {what}",
+    )
+
+
+def _write_view(view: memoryview, what: str) -> None:
+    try:
+        view[0] = view[0] ^ 0xFF
+    except TypeError as e:
+        raise PermissionError(f"writing {what}: {e}") from None
+    raise Succeeded(f"wrote a byte of {what}")
+
+
+class Attacks:
+    """The attacks, against the domain's live state: its link end, its session server, and
+    the driver domain's pid."""
+
+    def __init__(self, end: LinkEnd, server: SessionServer, driver_pid: int, own_inode: int):
+        self.end = end
+        self.server = server
+        self.driver_pid = driver_pid
+        self.own_inode = own_inode
+
+    def open_socket(self) -> None:
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+        raise Succeeded("opened an AF_INET socket")
+
+    def open_packet_socket(self) -> None:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW).close()
+        raise Succeeded("opened an AF_PACKET socket")
+
+    def open_file(self) -> None:
+        os.close(os.open("/etc/passwd", os.O_RDONLY))
+        raise Succeeded("opened /etc/passwd")
+
+    def open_driver_memory(self) -> None:
+        os.close(os.open(f"/proc/{self.driver_pid}/mem", os.O_RDWR))
+        raise Succeeded("opened the driver's /proc/PID/mem")
+
+    def ptrace_driver(self) -> None:
+        _libc_call(_LIBC.ptrace(PTRACE_ATTACH, self.driver_pid, None, None), "ptrace(ATTACH)")
+
+    def kill_driver(self) -> None:
+        os.kill(self.driver_pid, signal.SIGKILL)
+        raise Succeeded("sent SIGKILL to the driver domain")
+
+    def spawn_process(self) -> None:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        raise Succeeded("forked a process")
+
+    def write_driver_ring(self) -> None:
+        """The driver's region (RX ring, its indices): through the view, then mprotect."""
+        view = self.end.peer_view
+        with contextlib.suppress(PermissionError):  # read-only, as it should be: now mprotect
+            _write_view(view, "the driver's RX ring")
+        _mprotect_writable(view, "the driver's RX ring")
+
+    def write_session_rings(self) -> None:
+        """Every application's own region (its TX ring): view, then mprotect."""
+        regions = [
+            sock.channel.client_region
+            for session in self.server._sessions.values()
+            for sock in session.sockets.values()
+            if sock.channel is not None
+        ]
+        if not regions:
+            raise Succeeded("no session to attack: the test must open one first")
+        for region in regions:
+            with contextlib.suppress(PermissionError):
+                _write_view(region.view, "an application's TX ring")
+            _mprotect_writable(region.view, "an application's TX ring")
+
+    def remap_fds_writable(self) -> None:
+        """Map every regular file this domain holds writable and shared, but its own region."""
+        tried = 0
+        for fd in range(3, 1024):
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_ino == self.own_inode or not st.st_size:
+                continue
+            tried += 1
+            try:
+                with mmap.mmap(fd, mmap.PAGESIZE, flags=mmap.MAP_SHARED):
+                    pass
+            except OSError:
+                continue  # EACCES (read-only fd) or EPERM (sealed against writing): denied
+            raise Succeeded(f"mapped fd {fd} (inode {st.st_ino}) writable")
+        raise PermissionError(errno.EACCES, f"no writable mapping through any of {tried} fds")
+
+    def run_all(self) -> dict[str, str]:
+        results: dict[str, str] = {}
+        attacks: dict[str, Callable[[], None]] = {
+            "open_socket": self.open_socket,
+            "open_packet_socket": self.open_packet_socket,
+            "open_file": self.open_file,
+            "open_driver_memory": self.open_driver_memory,
+            "ptrace_driver": self.ptrace_driver,
+            "kill_driver": self.kill_driver,
+            "spawn_process": self.spawn_process,
+            "write_driver_ring": self.write_driver_ring,
+            "write_session_rings": self.write_session_rings,
+            "remap_fds_writable": self.remap_fds_writable,
+        }
+        for name, attack in attacks.items():
+            try:
+                attack()
+                results[name] = "SUCCEEDED: returned normally"
+            except Succeeded as e:
+                results[name] = f"SUCCEEDED: {e}"
+            except (OSError, ValueError) as e:
+                results[name] = f"denied: {type(e).__name__}: {e}"
+        return results

@@ -1,0 +1,425 @@
+"""The factored stack's launcher: makes the link, forks the domains, confines them, supervises.
+
+`python3 -m guest.stack.factored --iface eth1 --addr 198.18.1.1/24` (as root) does what the
+monolithic stack does, split into protection domains after the EROS design (`shared/
+REFERENCE.md`):
+
+1. takes the NIC from the kernel (`device.setup.take_over`, root only);
+2. creates the driver<->protocol link: two sealed memfds and two eventfds (`link.FrameLink`);
+3. forks the **driver domain**, which opens the packet socket (as root), then drops to its own
+   uid with no capabilities, sets no_new_privs and loads its seccomp allowlist
+   (`sandbox.DRIVER`): from then on it can move frames and nothing else;
+4. forks the **protocol domain**, which creates the applications' UNIX socket, maps the link,
+   builds the same `mono.StackProcess` the monolithic stack runs (over `shmdev.ShmDevice`
+   instead of the NIC) and confines itself likewise (`sandbox.PROTOCOL`: no sockets, no files,
+   no ptrace, no processes);
+5. closes its own copies of the link and supervises: a domain that dies is reported
+   (`{"event": "domain-died", ...}` on stdout, exit status 3) and the others are stopped, so a
+   crashed protocol domain never leaves a half stack behind. Applications see their sessions
+   close.
+
+Forking without exec is deliberate: the domains are this interpreter with every module already
+imported, which matters because a confined domain cannot open a file (so cannot import).
+
+Stopping (SIGTERM, SIGINT, or EOF on stdin with `--stop-on-eof`): the protocol domain lingers to
+finish its close handshakes (through the still-running driver), reports its counters, then the
+driver stops; the launcher gives the NIC back and prints `{"event": "stopped", "stats": ...}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from guest.stack.mono import (
+    DEFAULT_LINGER_S,
+    DEFAULT_OFFLOADS,
+    DEVICE_KINDS,
+    LEVERS,
+    StackProcess,
+    _offloads,
+    default_socket_path,
+    open_device,
+)
+from guest.stack.nic import Offloads
+
+from . import sandbox
+from .attacks import Attacks
+from .driver import DriverPump
+from .link import DRIVER, PROTOCOL, SUPER_FRAME, FrameLink, LinkGeometry
+from .shmdev import ShmDevice
+
+#: Default uids (and gids) of the domains: unused system ids, no passwd entry needed.
+DRIVER_UID = 64901
+PROTOCOL_UID = 64902
+READY_TIMEOUT_S = 30.0
+EXIT_DOMAIN_DIED = 3
+
+
+class LaunchError(Exception):
+    """A domain did not come up; the message says which and why."""
+
+
+def _report(fd: int, event: str, **fields: Any) -> None:
+    """One JSON line to the launcher (a plain write: allowed under every policy)."""
+    data = (json.dumps({"event": event, **fields}, default=str) + "\n").encode()
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+class Domain:
+    """A forked domain, seen from the launcher: its pid and the pipe it reports on."""
+
+    def __init__(self, role: str, pid: int, status_fd: int) -> None:
+        self.role = role
+        self.pid = pid
+        self.fd = status_fd
+        self._buf = b""
+        self.lines: list[dict] = []
+        self.exit_status: int | None = None
+
+    def read(self) -> bool:
+        """Read what the domain reported; False at EOF (it exited or closed its pipe)."""
+        try:
+            chunk = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False
+        self._buf += chunk
+        *complete, self._buf = self._buf.split(b"\n")
+        for line in complete:
+            with contextlib.suppress(ValueError):
+                self.lines.append(json.loads(line))
+        return True
+
+    def wait_for(self, event: str, timeout: float) -> dict | None:
+        """The first report `event` (or "error"), reading up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.lines:
+                if line.get("event") in (event, "error"):
+                    return line
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready and not self.read():
+                for line in self.lines:
+                    if line.get("event") in (event, "error"):
+                        return line
+                return None
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+    def reap(self, timeout: float) -> int | None:
+        """Wait up to `timeout` s for the exit; the wait status, or None if still running."""
+        deadline = time.monotonic() + timeout
+        while self.exit_status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.exit_status = status
+                break
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+        return self.exit_status
+
+    def describe_exit(self) -> str:
+        status = self.exit_status
+        if status is None:
+            return "running"
+        if os.WIFSIGNALED(status):
+            return f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+        return f"exit status {os.WEXITSTATUS(status)}"
+
+    def kill(self) -> None:
+        if self.exit_status is None:
+            self.signal(signal.SIGKILL)
+            self.reap(5.0)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _max_fd() -> int:
+    """One above the highest fd this process holds (so the domain can close all the others)."""
+    try:
+        return max(int(name) for name in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):
+        return 1024
+
+
+def _fork_domain(role: str, body: Callable[[int], None], keep: list[int]) -> Domain:
+    """Fork a domain running `body(status_fd)`; the child closes every inherited fd but stdin,
+    stdout (pointed at stderr: stdout is the launcher's), stderr, its status pipe and `keep`."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        os.set_blocking(r, False)
+        return Domain(role, pid, r)
+    code = 1
+    try:
+        os.close(r)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when to stop
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.dup2(2, 1)
+        for fd in range(3, _max_fd()):
+            if fd != w and fd not in keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        body(w)
+        code = 0
+    except BaseException as e:
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()  # to stderr (a confined domain cannot read its sources: ok)
+            _report(w, "error", domain=role, error=f"{type(e).__name__}: {e}")
+    finally:
+        os._exit(code)
+
+
+def _confine(role: str, uid: int, confine: bool) -> dict:
+    if not confine:
+        return {"confined": False}
+    return {"confined": True, **sandbox.confine(uid, uid, sandbox.POLICIES[role])}
+
+
+def _driver_body(args: argparse.Namespace, link: FrameLink) -> Callable[[int], None]:
+    def body(status: int) -> None:
+        dev = open_device(args.device, args.iface, args.offload.vnet_hdr)
+        end = link.end(DRIVER)
+        pump = DriverPump(dev, end)
+        signal.signal(signal.SIGTERM, pump.stop)
+        info = _confine(DRIVER, args.driver_uid, args.confine)
+        _report(
+            status,
+            "ready",
+            domain=DRIVER,
+            pid=os.getpid(),
+            mac=dev.mac.hex(),
+            mtu=dev.mtu,
+            vnet_hdr_len=dev.vnet_hdr_len,
+            **info,
+        )
+        pump.run()
+        stats = {
+            "device": asdict(dev.stats),
+            "pump": asdict(pump.stats),
+            "bells": asdict(end.stats),
+        }
+        _report(status, "stopped", domain=DRIVER, stats=stats)
+
+    return body
+
+
+def _protocol_body(
+    args: argparse.Namespace, link: FrameLink, nic: dict, path: str
+) -> Callable[[int], None]:
+    def body(status: int) -> None:
+        end = link.end(PROTOCOL)
+        dev = ShmDevice(
+            end, args.iface, int(nic["mtu"]), bytes.fromhex(nic["mac"]), int(nic["vnet_hdr_len"])
+        )
+        sp = StackProcess(dev, args.offload, args.addr, path, args.gateway, args.linger)
+        signal.signal(signal.SIGTERM, sp.stop)
+        if args.attackable:
+            attacks = Attacks(end, sp.server, int(nic["pid"]), end.own_inode)
+
+            def attack(*_args) -> None:
+                _report(status, "attacks", domain=PROTOCOL, results=attacks.run_all())
+
+            signal.signal(signal.SIGUSR1, attack)
+        info = _confine(PROTOCOL, args.protocol_uid, args.confine)
+        _report(status, "ready", domain=PROTOCOL, pid=os.getpid(), **info)
+        sp.run()
+        stats = sp.stats()
+        stats["bells"] = asdict(end.stats)
+        _report(status, "stopped", domain=PROTOCOL, stats=stats)
+
+    return body
+
+
+class Launcher:
+    """Owns the NIC take-over and the domains; `start`, then `supervise`, then `stop`."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.path = args.socket or default_socket_path(args.iface)
+        self.domains: dict[str, Domain] = {}
+        self.ready: dict[str, dict] = {}
+        self._stop = False
+        self.takeover = None
+
+    def request_stop(self, *_args) -> None:
+        self._stop = True
+
+    def start(self) -> dict:
+        from guest.stack.device.setup import take_over
+
+        args = self.args
+        if args.confine and (why := sandbox.supported()) is not None:
+            raise LaunchError(f"cannot confine the domains: {why} (or pass --no-confine)")
+        self.takeover = take_over(args.iface, args.offload.features)
+        link = FrameLink(LinkGeometry.for_frames(SUPER_FRAME))
+        try:
+            keep = link.fds()
+            self._start_domain(DRIVER, _driver_body(args, link), keep)
+            nic = self.ready[DRIVER]
+            self._start_domain(PROTOCOL, _protocol_body(args, link, nic, self.path), keep)
+        finally:
+            link.close()
+        return {
+            "event": "ready",
+            "iface": args.iface,
+            "addr": args.addr,
+            "socket": self.path,
+            "device": args.device,
+            "offload": str(args.offload),
+            "pid": os.getpid(),
+            "domains": self.ready,
+        }
+
+    def _start_domain(self, role: str, body: Callable[[int], None], keep: list[int]) -> None:
+        domain = _fork_domain(role, body, keep)
+        self.domains[role] = domain
+        line = domain.wait_for("ready", READY_TIMEOUT_S)
+        if line is None or line.get("event") != "ready":
+            domain.reap(1.0)
+            why = line.get("error") if line else f"no answer ({domain.describe_exit()})"
+            raise LaunchError(f"the {role} domain did not start: {why}")
+        self.ready[role] = line
+
+    def supervise(self) -> dict | None:
+        """Until a stop is asked for or a domain dies; the death report, or None."""
+        watch = {d.fd: d for d in self.domains.values()}
+        stdin_fd = sys.stdin.fileno() if self.args.stop_on_eof else None
+        while not self._stop:
+            fds = [*watch, *([stdin_fd] if stdin_fd is not None else [])]
+            ready, _, _ = select.select(fds, [], [], 0.5)
+            for fd in ready:
+                if fd == stdin_fd:
+                    if not os.read(fd, 4096):
+                        self._stop = True
+                    continue
+                domain = watch[fd]
+                alive = domain.read()
+                for line in domain.lines:
+                    if line.get("event") == "attacks":  # --attackable: pass the results on
+                        print(json.dumps(line), flush=True)
+                domain.lines = [x for x in domain.lines if x.get("event") != "attacks"]
+                if not alive:
+                    domain.reap(2.0)
+                    errors = [x["error"] for x in domain.lines if x.get("event") == "error"]
+                    return {
+                        "event": "domain-died",
+                        "domain": domain.role,
+                        "pid": domain.pid,
+                        "how": domain.describe_exit(),
+                        "error": errors[-1] if errors else None,
+                    }
+        return None
+
+    def stop(self) -> dict:
+        """Stop the protocol domain (it lingers), then the driver; their counters merged."""
+        stats: dict[str, Any] = {}
+        for role in (PROTOCOL, DRIVER):
+            domain = self.domains.get(role)
+            if domain is None or domain.exit_status is not None:
+                continue
+            domain.signal(signal.SIGTERM)
+            line = domain.wait_for("stopped", self.args.linger + 10.0)
+            if line is not None and line.get("event") == "stopped":
+                stats[role] = line["stats"]
+            domain.reap(5.0)
+        proto, drv = stats.get(PROTOCOL, {}), stats.get(DRIVER, {})
+        return {
+            "stack": proto.get("stack"),
+            "nic": proto.get("nic"),
+            "device": drv.get("device"),
+            "link": {"protocol": proto.get("device"), "driver": drv.get("pump")},
+            "bells": {"protocol": proto.get("bells"), "driver": drv.get("bells")},
+        }
+
+    def close(self) -> None:
+        """Whatever happened: no domain left running, the NIC given back, the socket gone."""
+        for domain in self.domains.values():
+            domain.kill()
+        if self.takeover is not None:
+            self.takeover.restore()
+            self.takeover = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python3 -m guest.stack.factored", description=__doc__)
+    ap.add_argument("--iface", required=True, help="NIC to take from the kernel")
+    ap.add_argument("--addr", required=True, help="the stack's address, CIDR (198.18.x.y/n)")
+    ap.add_argument("--gateway", help="default gateway (optional)")
+    ap.add_argument(
+        "--socket", help="UNIX socket for applications (default /run/stackbed/stack-IFACE.sock)"
+    )
+    ap.add_argument("--device", choices=DEVICE_KINDS, default="ring-v2")
+    ap.add_argument(
+        "--offload",
+        type=_offloads,
+        default=DEFAULT_OFFLOADS,
+        help=f"none, all, or a comma list of {', '.join(LEVERS)} (default {DEFAULT_OFFLOADS})",
+    )
+    ap.add_argument("--linger", type=float, default=DEFAULT_LINGER_S, help=argparse.SUPPRESS)
+    ap.add_argument("--driver-uid", type=int, default=DRIVER_UID)
+    ap.add_argument("--protocol-uid", type=int, default=PROTOCOL_UID)
+    ap.add_argument(
+        "--no-confine",
+        dest="confine",
+        action="store_false",
+        help="run the domains as root without seccomp (to measure what confinement costs)",
+    )
+    ap.add_argument(
+        "--attackable",
+        action="store_true",
+        help=argparse.SUPPRESS,  # tests only: SIGUSR1 makes the protocol domain attack (attacks.py)
+    )
+    ap.add_argument(
+        "--stop-on-eof",
+        action="store_true",
+        help="also stop when stdin reaches EOF (for a parent that cannot signal root)",
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    assert isinstance(args.offload, Offloads)
+    launcher = Launcher(args)
+    signal.signal(signal.SIGTERM, launcher.request_stop)
+    signal.signal(signal.SIGINT, launcher.request_stop)
+    try:
+        try:
+            print(json.dumps(launcher.start()), flush=True)
+        except LaunchError as e:
+            print(json.dumps({"event": "error", "error": str(e)}), flush=True)
+            print(f"factored: {e}", file=sys.stderr)
+            return 2
+        died = launcher.supervise()
+        if died is not None:
+            print(json.dumps(died), flush=True)
+            print(f"factored: the {died['domain']} domain died ({died['how']})", file=sys.stderr)
+            return EXIT_DOMAIN_DIED
+        stats = launcher.stop()
+        print(json.dumps({"event": "stopped", "stats": stats}, default=str), flush=True)
+        return 0
+    finally:
+        launcher.close()
