@@ -116,6 +116,8 @@ def test_default_config_resolves() -> None:
         "kernel-rr": ("rr", "kernel", "a", "b", "a-b", 5.0),
         "mono-stream": ("stream", "mono", "a", "b", "a-b", 10.0),
         "mono-rr": ("rr", "mono", "a", "b", "a-b", 5.0),
+        "factored-stream": ("stream", "factored", "a", "b", "a-b", 10.0),
+        "factored-rr": ("rr", "factored", "a", "b", "a-b", 5.0),
         "iperf3": ("iperf3", "kernel", "a", "b", "a-b", 10.0),
         "ping": ("ping", "kernel", "a", "b", "a-b", 3.0),
     }

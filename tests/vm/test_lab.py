@@ -6,6 +6,8 @@ import hashlib
 import json
 import re
 
+import pytest
+
 from guest.traffic import Pattern
 from host.ssh import traffic_command
 
@@ -82,9 +84,11 @@ def test_kernel_request_response(lab):
 NETEM = "delay 1ms loss 2% duplicate 1% corrupt 0.5% reorder 10% 50%"
 
 
-def test_mono_survives_a_bad_link_both_ways(lab):
-    """Our stack on a, Linux on b, netem impairing both egresses (inside the guests: this
-    host's kernel has no netem): the stream arrives byte-identical in each direction."""
+@pytest.mark.parametrize("path", ["mono", "factored"])
+def test_user_stack_survives_a_bad_link_both_ways(lab, path):
+    """Our stack on a (one process, or confined domains), Linux on b, netem impairing both
+    egresses (inside the guests: this host's kernel has no netem): the stream arrives
+    byte-identical in each direction."""
     ip_a = str(lab.config.link_between("a", "b").address_of("a"))
     ip_b = _server_ip(lab)
     a, b = lab.guest("a"), lab.guest("b")
@@ -92,7 +96,7 @@ def test_mono_survives_a_bad_link_both_ways(lab):
     # and 1.5 MB would be only ~60 tosses. So both senders hand netem MTU-sized frames here
     # (Linux: no TSO/GSO on b; our stack: every lever but TSO; GRO still merges on receive).
     # TSO under loss is covered by the simulator and by the bench (the host link drops too).
-    mono = f"--path mono --iface eth1 --addr {ip_a} --stack-offload csum,gro"
+    mono = f"--path {path} --iface eth1 --addr {ip_a} --stack-offload csum,gro"
     nbytes = 1_500_000
     b.run("ethtool -K eth1 tso off gso off").check()
     for g in (a, b):
@@ -124,7 +128,7 @@ def test_mono_survives_a_bad_link_both_ways(lab):
             )
         )
         got = _result(sink.wait(timeout=120))
-        assert got["path"] == "mono"
+        assert src["path"] == "kernel" and got["path"] == path
         assert src["bytes"] == got["bytes"] == nbytes
         assert src["sha256"] == got["sha256"]
         for g in (a, b):  # the impairment really acted on both sides' frames

@@ -131,14 +131,15 @@ class FrameLink:
                 os.close(fd)
             fds.clear()
         out_ring, in_ring = (g.rx, g.tx) if role == DRIVER else (g.tx, g.rx)
+        bells, self.bells = self.bells, {}  # the end owns (and closes) the doorbells now
         end = LinkEnd(
             role,
             own,
             other,
             out_ring,
             in_ring,
-            Doorbell(self.bells[role]),
-            Doorbell(self.bells[peer]),
+            Doorbell(bells[role]),
+            Doorbell(bells[peer]),
         )
         end.own_inode, end.peer_inode = own_inode, peer_inode
         return end
