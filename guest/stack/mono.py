@@ -444,8 +444,8 @@ class MonoStack(StackProcess):
         return stats
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python3 -m guest.stack.mono", description=__doc__)
+def add_stack_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options every user-level stack takes (the monolithic and the factored one)."""
     ap.add_argument("--iface", required=True, help="NIC to take from the kernel")
     ap.add_argument("--addr", required=True, help="the stack's address, CIDR (198.18.x.y/n)")
     ap.add_argument("--gateway", help="default gateway (optional)")
@@ -459,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_OFFLOADS,
         help=f"none, all, or a comma list of {', '.join(LEVERS)} (default {DEFAULT_OFFLOADS})",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m guest.stack.mono", description=__doc__)
+    add_stack_arguments(ap)
     args = ap.parse_args(argv)
     path = args.socket or default_socket_path(args.iface)
     stack = MonoStack(args.iface, args.addr, path, args.device, args.gateway, args.offload)

@@ -33,10 +33,12 @@ def _echo_driver(link: FrameLink, frames: int) -> int:
                     poller.poll(5000)
                     end.woke()
                 continue
-            while end.out.push_many(views) == 0:
-                os.sched_yield()
+            for view in views:
+                while not end.out.push(view):  # the ring is full: wake the reader, wait
+                    end.notifier.notify()
+                    os.sched_yield()
             end.inbox.release(len(views))
-            end.kick()
+            end.notifier.notify()
             echoed += len(views)
         code = 0
     finally:

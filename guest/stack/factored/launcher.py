@@ -1,8 +1,8 @@
 """The factored stack's launcher: makes the link, forks the domains, confines them, supervises.
 
 `python3 -m guest.stack.factored --iface eth1 --addr 198.18.1.1/24` (as root) does what the
-monolithic stack does, split into protection domains after the EROS design (`shared/
-REFERENCE.md`):
+monolithic stack does, split into protection domains after the EROS design
+(`shared/REFERENCE.md`):
 
 1. takes the NIC from the kernel (`device.setup.take_over`, root only);
 2. creates the driver<->protocol link: two sealed memfds and two eventfds (`link.FrameLink`);
@@ -21,7 +21,7 @@ REFERENCE.md`):
 Forking without exec is deliberate: the domains are this interpreter with every module already
 imported, which matters because a confined domain cannot open a file (so cannot import).
 
-Stopping (SIGTERM, SIGINT, or EOF on stdin with `--stop-on-eof`): the protocol domain lingers to
+Stopping (SIGTERM or SIGINT): the protocol domain lingers to
 finish its close handshakes (through the still-running driver), reports its counters, then the
 driver stops; the launcher gives the NIC back and prints `{"event": "stopped", "stats": ...}`.
 """
@@ -43,11 +43,8 @@ from typing import Any
 
 from guest.stack.mono import (
     DEFAULT_LINGER_S,
-    DEFAULT_OFFLOADS,
-    DEVICE_KINDS,
-    LEVERS,
     StackProcess,
-    _offloads,
+    add_stack_arguments,
     default_socket_path,
     open_device,
 )
@@ -304,15 +301,9 @@ class Launcher:
     def supervise(self) -> dict | None:
         """Until a stop is asked for or a domain dies; the death report, or None."""
         watch = {d.fd: d for d in self.domains.values()}
-        stdin_fd = sys.stdin.fileno() if self.args.stop_on_eof else None
         while not self._stop:
-            fds = [*watch, *([stdin_fd] if stdin_fd is not None else [])]
-            ready, _, _ = select.select(fds, [], [], 0.5)
+            ready, _, _ = select.select(list(watch), [], [], 0.5)
             for fd in ready:
-                if fd == stdin_fd:
-                    if not os.read(fd, 4096):
-                        self._stop = True
-                    continue
                 domain = watch[fd]
                 alive = domain.read()
                 for line in domain.lines:
@@ -365,22 +356,17 @@ class Launcher:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python3 -m guest.stack.factored", description=__doc__)
-    ap.add_argument("--iface", required=True, help="NIC to take from the kernel")
-    ap.add_argument("--addr", required=True, help="the stack's address, CIDR (198.18.x.y/n)")
-    ap.add_argument("--gateway", help="default gateway (optional)")
-    ap.add_argument(
-        "--socket", help="UNIX socket for applications (default /run/stackbed/stack-IFACE.sock)"
-    )
-    ap.add_argument("--device", choices=DEVICE_KINDS, default="ring-v2")
-    ap.add_argument(
-        "--offload",
-        type=_offloads,
-        default=DEFAULT_OFFLOADS,
-        help=f"none, all, or a comma list of {', '.join(LEVERS)} (default {DEFAULT_OFFLOADS})",
-    )
+    add_stack_arguments(ap)
     ap.add_argument("--linger", type=float, default=DEFAULT_LINGER_S, help=argparse.SUPPRESS)
-    ap.add_argument("--driver-uid", type=int, default=DRIVER_UID)
-    ap.add_argument("--protocol-uid", type=int, default=PROTOCOL_UID)
+    ap.add_argument(
+        "--driver-uid", type=int, default=DRIVER_UID, help=f"(and gid; default {DRIVER_UID})"
+    )
+    ap.add_argument(
+        "--protocol-uid",
+        type=int,
+        default=PROTOCOL_UID,
+        help=f"(and gid; default {PROTOCOL_UID})",
+    )
     ap.add_argument(
         "--no-confine",
         dest="confine",
@@ -391,11 +377,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--attackable",
         action="store_true",
         help=argparse.SUPPRESS,  # tests only: SIGUSR1 makes the protocol domain attack (attacks.py)
-    )
-    ap.add_argument(
-        "--stop-on-eof",
-        action="store_true",
-        help="also stop when stdin reaches EOF (for a parent that cannot signal root)",
     )
     return ap
 
