@@ -185,8 +185,8 @@ class _Unmapper:
     def __init__(self, addr: int, size: int) -> None:
         self.addr, self.size = addr, size
 
-    def __del__(self) -> None:
-        _munmap(self.addr, self.size)
+    def __del__(self, munmap=_munmap) -> None:  # bound now: module globals may be gone at exit
+        munmap(self.addr, self.size)
 
 
 def map_readonly(fd: int, size: int) -> memoryview:
