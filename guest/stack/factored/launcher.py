@@ -103,19 +103,15 @@ class Domain:
     def wait_for(self, event: str, timeout: float) -> dict | None:
         """The first report `event` (or "error"), reading up to `timeout` seconds."""
         deadline = time.monotonic() + timeout
+        open_ = True
         while True:
-            for line in self.lines:
-                if line.get("event") in (event, "error"):
-                    return line
+            found = next((x for x in self.lines if x.get("event") in (event, "error")), None)
             left = deadline - time.monotonic()
-            if left <= 0:
-                return None
+            if found is not None or not open_ or left <= 0:
+                return found
             ready, _, _ = select.select([self.fd], [], [], left)
-            if ready and not self.read():
-                for line in self.lines:
-                    if line.get("event") in (event, "error"):
-                        return line
-                return None
+            if ready:
+                open_ = self.read()
 
     def signal(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -125,24 +125,23 @@ class FrameLink:
         own = mmap.mmap(self._rw[role], g.region_size(role), flags=mmap.MAP_SHARED)
         # Through libc and the read-only fd: no fd of the peer's region stays with us.
         other = map_readonly(self._ro[peer], g.region_size(peer))
-        own_inode, peer_inode = os.fstat(self._rw[role]).st_ino, os.fstat(self._ro[peer]).st_ino
+        own_inode = os.fstat(self._rw[role]).st_ino
         for fds in (self._rw, self._ro):
             for fd in fds.values():
                 os.close(fd)
             fds.clear()
         out_ring, in_ring = (g.rx, g.tx) if role == DRIVER else (g.tx, g.rx)
         bells, self.bells = self.bells, {}  # the end owns (and closes) the doorbells now
-        end = LinkEnd(
+        return LinkEnd(
             role,
             own,
+            own_inode,
             other,
             out_ring,
             in_ring,
             Doorbell(bells[role]),
             Doorbell(bells[peer]),
         )
-        end.own_inode, end.peer_inode = own_inode, peer_inode
-        return end
 
     def close(self) -> None:
         """Close every fd this process still holds (the launcher, after forking)."""
@@ -172,7 +171,6 @@ class LinkEnd:
         "notifier",
         "out",
         "own_inode",
-        "peer_inode",
         "peer_view",
         "role",
         "stats",
@@ -182,6 +180,7 @@ class LinkEnd:
         self,
         role: str,
         own: mmap.mmap,
+        own_inode: int,
         other: memoryview,
         out_ring: RingGeometry,
         in_ring: RingGeometry,
@@ -192,7 +191,7 @@ class LinkEnd:
         self._maps = (own,)
         mine, theirs = memoryview(own), other
         self.peer_view = other  # read-only: writing raises TypeError
-        self.own_inode = self.peer_inode = 0  # the regions' memfd inodes (isolation tests)
+        self.own_inode = own_inode  # of our region's memfd (the isolation tests skip it)
         self.out = RingProducer(out_ring, mine[_RING:], theirs[_TAIL:_RING])
         self.inbox = RingConsumer(in_ring, theirs[_RING:], mine[_TAIL:_RING])
         self._flag_words = mine[_FLAGS : _FLAGS + 8].cast("Q")
