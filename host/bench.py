@@ -57,10 +57,13 @@ def path_args(exp: ExperimentConfig, state: LabState, node: str) -> str:
         return "--path kernel"
     for nic in state.node(node).nics:
         if nic["link"] == exp.link:
-            return (
+            args = (
                 f"--path {exp.path} --iface {nic['name']} --addr {nic['address']}"
                 f" --stack-device {exp.stack.device} --stack-offload {exp.stack.offload}"
             )
+            if exp.path == "factored":
+                args += f" --stack-link {exp.stack.link}"
+            return args
     raise BenchError(f"{exp.name}: node {node} has no NIC on link {exp.link}")
 
 

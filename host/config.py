@@ -311,6 +311,10 @@ class StackOptions(_Strict):
     device: str = "ring-v2"
     #: Offload levers: none, all, or a comma list of csum, tso, gro (see guest/stack/nic.py).
     offload: str = "all"
+    #: Factored path only: the driver<->protocol boundary. "shared": the kernel's packet rings
+    #: shared with the protocol domain, the driver domain making the transmit syscall;
+    #: "copy": every frame copied through rings between the domains (guest/stack/factored).
+    link: Literal["shared", "copy"] = "shared"
 
     @field_validator("device")
     @classmethod

@@ -58,7 +58,12 @@ def results_table(data: dict) -> Table:
         path = "kernel (iperf3)" if rec["type"] == "iperf3" else rec["path"]
         opts = rec.get("stack") or {}
         if opts:
-            path += f" ({opts['offload']}{'; socket' if opts['device'] == 'packet' else ''})"
+            notes = [opts["offload"]]
+            if opts["device"] == "packet":
+                notes.append("socket")
+            if rec["path"] == "factored":
+                notes.append(f"{opts.get('link', 'copy')} rings")
+            path += f" ({'; '.join(notes)})"
         table.add_row(
             rec["experiment"],
             rec["type"],

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from .appdomain import AppDomainError, run_confined
 from .providers import PROVIDERS, TrafficError, describe_error
 from .workloads import RUNNERS, base_record, emit
 
@@ -86,6 +88,20 @@ def _common_options() -> argparse.ArgumentParser:
         default="all",
         help="offload levers of a stack started for the run: none, all, or a comma list of "
         "csum, tso, gro (default all)",
+    )
+    user.add_argument(
+        "--no-confine-app",
+        dest="confine_app",
+        action="store_false",
+        help="factored only: run the workload in this process, not as a confined application "
+        "domain (own uid, seccomp)",
+    )
+    user.add_argument(
+        "--stack-link",
+        choices=["shared", "copy"],
+        default="shared",
+        help="factored only: the driver<->protocol boundary of a stack started for the run "
+        "(default shared: the kernel's rings shared with the protocol domain)",
     )
     return common
 
@@ -167,7 +183,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     provider = None
     try:
         provider = PROVIDERS[args.path](args)
-        result = RUNNERS[args.role](args, provider)
+        workload = functools.partial(RUNNERS[args.role], args, provider)
+        if getattr(provider, "app_domains", False) and args.confine_app:
+            try:
+                result, domain = run_confined(workload)
+            except AppDomainError as exc:
+                if exc.record.get("kind") == "interrupted":
+                    return _fail(args, "interrupted", EXIT_INTERRUPTED)
+                return _fail(args, f"in the application domain: {exc}", EXIT_NET_ERROR)
+            result["app_domain"] = domain
+        else:
+            result = workload()
         stack = _close(provider)
         provider = None
         if stack:

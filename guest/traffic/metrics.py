@@ -93,10 +93,18 @@ def parse_proc_stat(text: str) -> tuple[int, int] | None:
     return None
 
 
+#: Open /proc/stat fds by path, kept for the process's life: a confined application domain
+#: (`appdomain`) may not open files, so the meter opens its file before confinement and
+#: rereads it with pread (a seq_file read at offset 0 regenerates it).
+_STAT_FDS: dict[str, int] = {}
+
+
 def read_proc_stat(path: str = "/proc/stat") -> tuple[int, int] | None:
     try:
-        with open(path, encoding="ascii") as fh:
-            return parse_proc_stat(fh.read())
+        fd = _STAT_FDS.get(path)
+        if fd is None:
+            fd = _STAT_FDS[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return parse_proc_stat(os.pread(fd, 1 << 16, 0).decode("ascii"))
     except OSError:
         return None
 

@@ -106,6 +106,7 @@ class MonoProvider:
             args.stack_device,
             "--offload",
             args.stack_offload,
+            *self.extra_stack_args(args),
         ]
         self._proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -122,6 +123,10 @@ class MonoProvider:
                 f"{line.strip() or 'no answer'} {err.strip()}"
             )
         self.stack = json.loads(line)
+
+    def extra_stack_args(self, args: argparse.Namespace) -> list[str]:
+        """Options only this path's stack takes."""
+        return []
 
     def connect(self, peer: str, port: int, *, timeout: float, nodelay: bool) -> _Stream:
         return _Stream(self.client.connect((peer, port), timeout=timeout), timeout)
@@ -159,3 +164,8 @@ class FactoredProvider(MonoProvider):
 
     name = "factored"
     stack_module = "guest.stack.factored"
+    #: The workload runs as its own confined application domain (`appdomain`).
+    app_domains = True
+
+    def extra_stack_args(self, args: argparse.Namespace) -> list[str]:
+        return ["--link", args.stack_link]

@@ -23,10 +23,13 @@ from host.paths import PROJECT_ROOT
 pytestmark = pytest.mark.netns
 OURS, LINUX = "198.18.77.1", "198.18.77.2"
 NBYTES = 4 * 1_000_003 + 777
+APP_UID = 64903
 
 
-@pytest.fixture(params=["mono", "factored"])
+@pytest.fixture(params=["mono", "factored", "factored-copy"])
 def path(request) -> str:
+    """The stack under test: monolithic, factored over shared rings (its default boundary),
+    or factored with frames copied between the domains (`--stack-link copy`)."""
     return request.param
 
 
@@ -90,9 +93,11 @@ def _result(proc: subprocess.Popen, timeout: float = 120) -> dict:
 
 
 def _ours(pair) -> list[str]:
+    path, _, link = pair.path.partition("-")
     return [
         "--path",
-        pair.path,
+        path,
+        *(["--stack-link", link] if link else []),
         "--iface",
         pair.if_a,
         "--addr",
@@ -102,6 +107,16 @@ def _ours(pair) -> list[str]:
         "--stack-offload",
         pair.offload,
     ]
+
+
+def _check_app_domain(result: dict) -> None:
+    """On the factored path the workload ran as its own confined application domain."""
+    if result["path"] != "factored":
+        assert "app_domain" not in result
+        return
+    domain = result["app_domain"]
+    assert domain["confined"] and domain["policy"] == "app", domain
+    assert domain["uid"] == APP_UID and domain["seccomp_mode"] == 2, domain
 
 
 def test_our_client_to_linux_server(link):
@@ -123,9 +138,10 @@ def test_our_client_to_linux_server(link):
         )
     )
     got = _result(sink)
-    assert src["path"] == link.path and got["path"] == "kernel"
+    assert link.path.startswith(src["path"]) and got["path"] == "kernel"
     assert src["bytes"] == got["bytes"] == NBYTES
     assert src["sha256"] == got["sha256"]
+    _check_app_domain(src)
 
 
 def test_linux_client_to_our_server(link):
@@ -147,9 +163,10 @@ def test_linux_client_to_our_server(link):
         )
     )
     got = _result(sink)
-    assert got["path"] == link.path and src["path"] == "kernel"
+    assert link.path.startswith(got["path"]) and src["path"] == "kernel"
     assert src["bytes"] == got["bytes"] == NBYTES
     assert src["sha256"] == got["sha256"]
+    _check_app_domain(got)
 
 
 def test_request_response_both_ways(link):

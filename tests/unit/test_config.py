@@ -118,11 +118,20 @@ def test_default_config_resolves() -> None:
         "mono-rr": ("rr", "mono", "a", "b", "a-b", 5.0),
         "factored-stream": ("stream", "factored", "a", "b", "a-b", 10.0),
         "factored-rr": ("rr", "factored", "a", "b", "a-b", 5.0),
+        "factored-copy-stream": ("stream", "factored", "a", "b", "a-b", 10.0),
+        "factored-copy-rr": ("rr", "factored", "a", "b", "a-b", 5.0),
         "iperf3": ("iperf3", "kernel", "a", "b", "a-b", 10.0),
         "ping": ("ping", "kernel", "a", "b", "a-b", 3.0),
     }
     rr = lab.experiment("kernel-rr")
     assert (rr.req_size, rr.resp_size, rr.msg_size) == (64, 64, None)
+    links = {e.name: e.stack.link for e in lab.experiments if e.path == "factored"}
+    assert links == {
+        "factored-stream": "shared",
+        "factored-rr": "shared",
+        "factored-copy-stream": "copy",
+        "factored-copy-rr": "copy",
+    }
     assert lab.experiment("kernel-stream").msg_size == 65536
 
 

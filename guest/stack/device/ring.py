@@ -50,6 +50,7 @@ import socket
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from . import abi
 from .base import DeviceStats, Frame, send_each
@@ -151,68 +152,125 @@ def default_tx_geometry(version: int, mtu: int, vnet_hdr: bool) -> RingGeometry:
     return RingGeometry(block, max(1, -(-256 // per_block)), frame)
 
 
+@dataclass(frozen=True, slots=True)
+class RingLayout:
+    """A configured PACKET_MMAP socket's shape: all it takes to drive its rings from the
+    mapping alone (the factored stack's protocol domain holds the mapping, not the socket)."""
+
+    name: str
+    version: int  # 2 or 3
+    vnet_hdr_len: int
+    mtu: int
+    mac: bytes
+    rx: RingGeometry
+    tx: RingGeometry
+
+    @property
+    def size(self) -> int:
+        """Bytes to map: the kernel maps the RX ring, then the TX ring."""
+        return self.rx.size + self.tx.size
+
+
+def open_ring_socket(
+    iface: str,
+    *,
+    version: int = 3,
+    protocol: int = abi.ETH_P_ALL,
+    rx: RingGeometry | None = None,
+    tx: RingGeometry | None = None,
+    retire_ms: int = 1,
+    vnet_hdr: bool = False,
+    qdisc_bypass: bool = False,
+    sndbuf: int = 8 << 20,
+) -> tuple[socket.socket, RingLayout]:
+    """A non-blocking AF_PACKET socket with RX and TX rings, bound to `iface`; the caller maps
+    `layout.size` bytes of it, shared, read and write.
+
+    Set up in the order the kernel demands: options, rings, then bind (protocol 0 until then,
+    so nothing is received before the rings exist). `version` is 2 or 3 (TPACKET_V2/V3);
+    geometries default from the MTU and `vnet_hdr`. `retire_ms` is the V3 block retire timeout.
+    The socket buffer matters only for TX here (it bounds frames in flight); the RX ring
+    replaces the receive buffer.
+    """
+    if version not in (2, 3):
+        raise ValueError(f"TPACKET version must be 2 or 3, not {version}")
+    tpv = abi.TPACKET_V3 if version == 3 else abi.TPACKET_V2
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        mtu = abi.link_mtu(sock, iface)
+        layout = RingLayout(
+            name=iface,
+            version=version,
+            vnet_hdr_len=VNET_HEADER_LEN if vnet_hdr else 0,
+            mtu=mtu,
+            mac=abi.link_mac(sock, iface),
+            rx=rx or default_rx_geometry(tpv, mtu, vnet_hdr),
+            tx=tx or default_tx_geometry(tpv, mtu, vnet_hdr),
+        )
+        abi.force_buffers(sock, None, sndbuf)
+        abi.set_int_option(sock, abi.PACKET_VERSION, tpv)
+        abi.set_int_option(sock, abi.PACKET_LOSS, 1)
+        abi.set_int_option(sock, abi.PACKET_IGNORE_OUTGOING, 1)
+        if vnet_hdr:
+            abi.set_int_option(sock, abi.PACKET_VNET_HDR, 1)
+        if qdisc_bypass:
+            abi.set_int_option(sock, abi.PACKET_QDISC_BYPASS, 1)
+        _set_ring(sock, tpv, abi.PACKET_RX_RING, layout.rx, retire_ms)
+        _set_ring(sock, tpv, abi.PACKET_TX_RING, layout.tx, 0)
+        sock.bind((iface, protocol))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, layout
+
+
+def _set_ring(sock: socket.socket, tpv: int, option: int, geo: RingGeometry, tov: int) -> None:
+    fields = (geo.block_size, geo.block_nr, geo.frame_size, geo.frame_nr)
+    if tpv == abi.TPACKET_V3:
+        # tp_retire_blk_tov, tp_sizeof_priv, tp_feature_req_word: all must be 0 for TX.
+        req = abi.TPACKET_REQ3.pack(*fields, tov, 0, 0)
+    else:
+        req = abi.TPACKET_REQ.pack(*fields)
+    try:
+        sock.setsockopt(abi.SOL_PACKET, option, req)
+    except OSError as exc:
+        which = "RX" if option == abi.PACKET_RX_RING else "TX"
+        raise OSError(exc.errno, f"{which} ring {geo} refused: {exc.strerror}") from exc
+
+
 class RingDevice:
     """`base.Device` over PACKET_MMAP RX and TX rings on one AF_PACKET socket."""
 
-    def __init__(
-        self,
-        iface: str,
-        *,
-        version: int = 3,
-        protocol: int = abi.ETH_P_ALL,
-        rx: RingGeometry | None = None,
-        tx: RingGeometry | None = None,
-        retire_ms: int = 1,
-        vnet_hdr: bool = False,
-        qdisc_bypass: bool = False,
-        sndbuf: int = 8 << 20,
-    ) -> None:
-        """Set the socket up in the order the kernel demands: options, rings, mmap, bind.
-
-        `version` is 2 or 3 (TPACKET_V2/V3); geometries default from the MTU and `vnet_hdr`.
-        `retire_ms` is the V3 block retire timeout. The socket buffer matters only for TX
-        here (it bounds frames in flight); the RX ring replaces the receive buffer.
-        """
-        if version not in (2, 3):
-            raise ValueError(f"TPACKET version must be 2 or 3, not {version}")
-        self.name = iface
-        self.version = version
-        self.vnet_hdr_len = VNET_HEADER_LEN if vnet_hdr else 0
-        self._tpv = abi.TPACKET_V3 if version == 3 else abi.TPACKET_V2
-        self._stats = DeviceStats()
-        self._closed = False
-        self._handed_out: list[memoryview] = []
-        self._rx_done: list[int] = []  # status-word offsets to give back to the kernel
-        # Protocol 0 until bind: nothing is received before the rings exist.
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        mm: mmap.mmap | None = None
+    def __init__(self, iface: str, **options: Any) -> None:
+        """The socket from `open_ring_socket(iface, **options)`, its rings mapped here."""
+        sock, layout = open_ring_socket(iface, **options)
         try:
-            self.mtu = abi.link_mtu(sock, iface)
-            self.mac = abi.link_mac(sock, iface)
-            self.rx_geometry = rx or default_rx_geometry(self._tpv, self.mtu, vnet_hdr)
-            self.tx_geometry = tx or default_tx_geometry(self._tpv, self.mtu, vnet_hdr)
-            abi.force_buffers(sock, None, sndbuf)
-            abi.set_int_option(sock, abi.PACKET_VERSION, self._tpv)
-            abi.set_int_option(sock, abi.PACKET_LOSS, 1)
-            abi.set_int_option(sock, abi.PACKET_IGNORE_OUTGOING, 1)
-            if vnet_hdr:
-                abi.set_int_option(sock, abi.PACKET_VNET_HDR, 1)
-            if qdisc_bypass:
-                abi.set_int_option(sock, abi.PACKET_QDISC_BYPASS, 1)
-            self._set_ring(sock, abi.PACKET_RX_RING, self.rx_geometry, retire_ms)
-            self._set_ring(sock, abi.PACKET_TX_RING, self.tx_geometry, 0)
-            size = self.rx_geometry.size + self.tx_geometry.size
-            mm = mmap.mmap(sock.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            sock.bind((iface, protocol))
-            sock.setblocking(False)
+            mm = mmap.mmap(
+                sock.fileno(), layout.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+            )
         except BaseException:
-            if mm is not None:
-                mm.close()
             sock.close()
             raise
         self._sock = sock
         self._mmap: mmap.mmap | None = mm
-        self._view = memoryview(mm)
+        self._adopt(layout, memoryview(mm))
+
+    def _adopt(self, layout: RingLayout, view: memoryview) -> None:
+        """Take the rings of `layout`, mapped at `view`: cursors at the start, counters zero."""
+        self.name = layout.name
+        self.version = layout.version
+        self.vnet_hdr_len = layout.vnet_hdr_len
+        self.mtu = layout.mtu
+        self.mac = layout.mac
+        self.rx_geometry = layout.rx
+        self.tx_geometry = layout.tx
+        self._tpv = abi.TPACKET_V3 if layout.version == 3 else abi.TPACKET_V2
+        self._stats = DeviceStats()
+        self._closed = False
+        self._handed_out: list[memoryview] = []
+        self._rx_done: list[int] = []  # status-word offsets to give back to the kernel
+        self._view = view
         # RX cursor. V3: block index, frames left in it, offset of the next frame header.
         self._rx_blocks = [
             i * self.rx_geometry.block_size for i in range(self.rx_geometry.block_nr)
@@ -221,7 +279,7 @@ class RingDevice:
         self._rx_left = 0
         self._rx_off = 0
         # V2: slot index.
-        self._rx_slots = self.rx_geometry.slot_offsets() if version == 2 else []
+        self._rx_slots = self.rx_geometry.slot_offsets() if layout.version == 2 else []
         self._rx_head = 0
         # TX: head = next slot to fill; oldest = first slot requested but not yet taken.
         self._tx_slots = self.tx_geometry.slot_offsets(self.rx_geometry.size)
@@ -231,28 +289,15 @@ class RingDevice:
         self._tx_nr = len(self._tx_slots)
         # tp_status position: tpacket2_hdr starts with it, tpacket3_hdr has it at 20, just
         # after tp_len (at 16); frame data starts after the aligned header.
-        self._tx_status = 20 if version == 3 else 0
-        self._tx_len_first = version == 3
+        self._tx_status = 20 if layout.version == 3 else 0
+        self._tx_len_first = layout.version == 3
         data = tx_data_offset(self._tpv)
         self._tx_table = [(slot + self._tx_status, slot + data) for slot in self._tx_slots]
         capacity = self.tx_geometry.frame_size - data
-        if vnet_hdr:
+        if layout.vnet_hdr_len:
             self.max_tx_frame = capacity  # vnet header included; GSO frames exceed the MTU
         else:
             self.max_tx_frame = min(capacity, self.mtu + abi.ETH_HLEN)
-
-    def _set_ring(self, sock: socket.socket, option: int, geo: RingGeometry, tov: int) -> None:
-        fields = (geo.block_size, geo.block_nr, geo.frame_size, geo.frame_nr)
-        if self._tpv == abi.TPACKET_V3:
-            # tp_retire_blk_tov, tp_sizeof_priv, tp_feature_req_word: all must be 0 for TX.
-            req = abi.TPACKET_REQ3.pack(*fields, tov, 0, 0)
-        else:
-            req = abi.TPACKET_REQ.pack(*fields)
-        try:
-            sock.setsockopt(abi.SOL_PACKET, option, req)
-        except OSError as exc:
-            which = "RX" if option == abi.PACKET_RX_RING else "TX"
-            raise OSError(exc.errno, f"{which} ring {geo} refused: {exc.strerror}") from exc
 
     # --- receive ---------------------------------------------------------------------------
 

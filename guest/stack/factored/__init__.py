@@ -3,12 +3,18 @@
 After Network Subsystems Reloaded (and the EROS factoring in shared/REFERENCE.md): a **driver
 domain** alone holds the NIC; a **protocol domain** runs IP/TCP/UDP/ARP (the very `NetStack`
 and event loop of the monolithic stack, `mono.StackProcess`); applications are their own
-processes, clients of the protocol domain through the session boundary (`session`). Frames
-cross between driver and protocol through shared-memory rings with doorbells. Each domain runs
-under its own uid, without capabilities, with no_new_privs and a seccomp allowlist.
+processes, clients of the protocol domain through the session boundary (`session`), and are
+confined domains too when the traffic tool runs them (`guest.traffic.appdomain`). Each domain
+runs under its own uid, without capabilities, with no_new_privs and a seccomp allowlist.
 
-Modules: `link` (the driver<->protocol rings), `shmdev` (the protocol domain's device over
-them), `driver` (the driver domain's pump), `sandbox` (privilege drop and seccomp), `launcher`
-(`python3 -m guest.stack.factored`: creates, confines and supervises the domains), `attacks`
-(what the isolation tests try from inside the protocol domain).
+Two driver<->protocol boundaries, chosen with `--link`:
+* `shared` (default): the kernel's packet rings shared with the protocol domain, which works in
+  them in place; the driver domain keeps the socket and makes the transmit syscall when rung
+  (`shared`: `SharedNic`, `SharedRingDevice`, `Kicker`);
+* `copy`: frames copied through rings of their own between the domains (`link`, the rings;
+  `shmdev`, the protocol domain's device over them; `driver`, the driver domain's pump).
+
+Also: `sandbox` (privilege drop and seccomp), `launcher` (`python3 -m guest.stack.factored`:
+sets up, confines and supervises the domains), `attacks` (what the isolation tests try from
+inside the protocol domain), `bench_link` (what one crossing of the copy link costs).
 """

@@ -1,22 +1,26 @@
-"""The factored stack's launcher: makes the link, forks the domains, confines them, supervises.
+"""The factored stack's launcher: sets up the boundary, forks and confines the domains, supervises.
 
 `python3 -m guest.stack.factored --iface eth1 --addr 198.18.1.1/24` (as root) does what the
 monolithic stack does, split into protection domains after the EROS design
 (`shared/REFERENCE.md`):
 
 1. takes the NIC from the kernel (`device.setup.take_over`, root only);
-2. creates the driver<->protocol link: two sealed memfds and two eventfds (`link.FrameLink`);
-3. forks the **driver domain**, which opens the packet socket (as root), then drops to its own
-   uid with no capabilities, sets no_new_privs and loads its seccomp allowlist
-   (`sandbox.DRIVER`): from then on it can move frames and nothing else;
-4. forks the **protocol domain**, which creates the applications' UNIX socket, maps the link,
-   builds the same `mono.StackProcess` the monolithic stack runs (over `shmdev.ShmDevice`
-   instead of the NIC) and confines itself likewise (`sandbox.PROTOCOL`: no sockets, no files,
-   no ptrace, no processes);
-5. closes its own copies of the link and supervises: a domain that dies is reported
+2. sets up the driver<->protocol boundary (`--link`):
+   * `shared` (default, `shared.py`): opens the packet socket with its PACKET_MMAP rings, an
+     epoll fd watching it and the driver's eventfd doorbell;
+   * `copy` (`link.py`): two sealed memfds of frame rings and two eventfd doorbells;
+3. forks the **driver domain**, which keeps the packet socket (`shared`: the launcher's;
+   `copy`: it opens its own), then drops to its own uid with no capabilities, sets
+   no_new_privs and loads its seccomp allowlist (`sandbox.DRIVER`): from then on it can make
+   the NIC transmit (`shared.Kicker`) or move frames (`driver.DriverPump`) and nothing else;
+4. forks the **protocol domain**, which creates the applications' UNIX socket, builds the
+   same `mono.StackProcess` the monolithic stack runs, over the kernel's rings mapped without
+   the socket (`shared.SharedRingDevice`) or over the link (`shmdev.ShmDevice`), and confines
+   itself likewise (`sandbox.PROTOCOL`: no sockets, no files, no ptrace, no processes);
+5. closes its own copies of everything and supervises: a domain that dies is reported
    (`{"event": "domain-died", ...}` on stdout, exit status 3) and the others are stopped, so a
    crashed protocol domain never leaves a half stack behind. Applications see their sessions
-   close.
+   close. (Applications are domains of their own: `guest.traffic.appdomain`.)
 
 Forking without exec is deliberate: the domains are this interpreter with every module already
 imported, which matters because a confined domain cannot open a file (so cannot import).
@@ -41,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+from guest.stack.device.base import Device
 from guest.stack.mono import (
     DEFAULT_LINGER_S,
     StackProcess,
@@ -54,6 +59,7 @@ from . import sandbox
 from .attacks import Attacks
 from .driver import DriverPump
 from .link import DRIVER, PROTOCOL, SUPER_FRAME, FrameLink, LinkGeometry
+from .shared import Kicker, SharedNic, SharedRingDevice
 from .shmdev import ShmDevice
 
 #: Default uids (and gids) of the domains: unused system ids, no passwd entry needed.
@@ -217,18 +223,42 @@ def _driver_body(args: argparse.Namespace, link: FrameLink) -> Callable[[int], N
     return body
 
 
-def _protocol_body(
-    args: argparse.Namespace, link: FrameLink, nic: dict, path: str
-) -> Callable[[int], None]:
+def _kicker_body(args: argparse.Namespace, nic: SharedNic) -> Callable[[int], None]:
     def body(status: int) -> None:
-        end = link.end(PROTOCOL)
-        dev = ShmDevice(
-            end, args.iface, int(nic["mtu"]), bytes.fromhex(nic["mac"]), int(nic["vnet_hdr_len"])
+        kicker = Kicker(nic.sock, nic.bell)
+        signal.signal(signal.SIGTERM, kicker.stop)
+        info = _confine(DRIVER, args.driver_uid, args.confine)
+        layout = nic.layout
+        _report(
+            status,
+            "ready",
+            domain=DRIVER,
+            pid=os.getpid(),
+            mac=layout.mac.hex(),
+            mtu=layout.mtu,
+            vnet_hdr_len=layout.vnet_hdr_len,
+            **info,
         )
+        kicker.run()
+        stats = {"device": kicker.device_stats(), "kicker": asdict(kicker.stats)}
+        _report(status, "stopped", domain=DRIVER, stats=stats)
+
+    return body
+
+
+def _protocol_body(
+    args: argparse.Namespace, make_device: Callable[[], Device], driver_pid: int, path: str
+) -> Callable[[int], None]:
+    """The protocol domain over whichever device the link gives it (`make_device`, called in
+    the domain after the fork)."""
+
+    def body(status: int) -> None:
+        dev = make_device()
         sp = StackProcess(dev, args.offload, args.addr, path, args.gateway, args.linger)
         signal.signal(signal.SIGTERM, sp.stop)
+        end = dev.end if isinstance(dev, ShmDevice) else None
         if args.attackable:
-            attacks = Attacks(end, sp.server, int(nic["pid"]), end.own_inode)
+            attacks = Attacks(end, sp.server, driver_pid)
 
             def attack(*_args) -> None:
                 _report(status, "attacks", domain=PROTOCOL, results=attacks.run_all())
@@ -238,7 +268,11 @@ def _protocol_body(
         _report(status, "ready", domain=PROTOCOL, pid=os.getpid(), **info)
         sp.run()
         stats = sp.stats()
-        stats["bells"] = asdict(end.stats)
+        if end is not None:
+            stats["bells"] = asdict(end.stats)
+        else:
+            assert isinstance(dev, SharedRingDevice)
+            stats["kicks"] = dev.kicks
         _report(status, "stopped", domain=PROTOCOL, stats=stats)
 
     return body
@@ -264,25 +298,67 @@ class Launcher:
         args = self.args
         if args.confine and (why := sandbox.supported()) is not None:
             raise LaunchError(f"cannot confine the domains: {why} (or pass --no-confine)")
+        if args.link == "shared" and args.device == "packet":
+            raise LaunchError("--link shared needs a ring device (or pass --link copy)")
         self.takeover = take_over(args.iface, args.offload.features)
-        link = FrameLink(LinkGeometry.for_frames(SUPER_FRAME))
-        try:
-            keep = link.fds()
-            self._start_domain(DRIVER, _driver_body(args, link), keep)
-            nic = self.ready[DRIVER]
-            self._start_domain(PROTOCOL, _protocol_body(args, link, nic, self.path), keep)
-        finally:
-            link.close()
+        if args.link == "shared":
+            self._start_shared()
+        else:
+            self._start_copy()
         return {
             "event": "ready",
             "iface": args.iface,
             "addr": args.addr,
             "socket": self.path,
             "device": args.device,
+            "link": args.link,
             "offload": str(args.offload),
             "pid": os.getpid(),
             "domains": self.ready,
         }
+
+    def _start_shared(self) -> None:
+        """The kernel's rings shared with the protocol domain (`shared.py`)."""
+        args = self.args
+        version = 3 if args.device == "ring-v3" else 2
+        nic = SharedNic(args.iface, version, args.offload.vnet_hdr)
+        try:
+            self._start_domain(DRIVER, _kicker_body(args, nic), nic.driver_fds())
+            view = nic.map_rings()  # after the driver's fork: only the protocol inherits it
+            epoll_fd, bell = nic.protocol_fds()
+
+            def device() -> Device:
+                return SharedRingDevice(nic.layout, view, epoll_fd, bell)
+
+            driver_pid = int(self.ready[DRIVER]["pid"])
+            body = _protocol_body(args, device, driver_pid, self.path)
+            self._start_domain(PROTOCOL, body, nic.protocol_fds())
+            del device
+            view.release()  # this process's view: the launcher keeps no mapping
+        finally:
+            nic.close()
+
+    def _start_copy(self) -> None:
+        """Frames copied through rings between the domains (`link.py`)."""
+        args = self.args
+        link = FrameLink(LinkGeometry.for_frames(SUPER_FRAME))
+        try:
+            keep = link.fds()
+            self._start_domain(DRIVER, _driver_body(args, link), keep)
+            nic = self.ready[DRIVER]
+
+            def device() -> Device:
+                mac, mtu, vlen = (
+                    bytes.fromhex(nic["mac"]),
+                    int(nic["mtu"]),
+                    int(nic["vnet_hdr_len"]),
+                )
+                return ShmDevice(link.end(PROTOCOL), args.iface, mtu, mac, vlen)
+
+            body = _protocol_body(args, device, int(nic["pid"]), self.path)
+            self._start_domain(PROTOCOL, body, keep)
+        finally:
+            link.close()
 
     def _start_domain(self, role: str, body: Callable[[int], None], keep: list[int]) -> None:
         domain = _fork_domain(role, body, keep)
@@ -331,11 +407,25 @@ class Launcher:
                 stats[role] = line["stats"]
             domain.reap(5.0)
         proto, drv = stats.get(PROTOCOL, {}), stats.get(DRIVER, {})
+        if self.args.link == "shared":
+            # One device seen from two domains: the protocol's counters, the kernel's drops
+            # (which only the driver can read).
+            device = {**(proto.get("device") or {}), **(drv.get("device") or {})}
+            return {
+                "stack": proto.get("stack"),
+                "nic": proto.get("nic"),
+                "device": device,
+                "link": {
+                    "mode": "shared",
+                    "kicks": proto.get("kicks"),
+                    "driver": drv.get("kicker"),
+                },
+            }
         return {
             "stack": proto.get("stack"),
             "nic": proto.get("nic"),
             "device": drv.get("device"),
-            "link": {"protocol": proto.get("device"), "driver": drv.get("pump")},
+            "link": {"mode": "copy", "protocol": proto.get("device"), "driver": drv.get("pump")},
             "bells": {"protocol": proto.get("bells"), "driver": drv.get("bells")},
         }
 
@@ -362,6 +452,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=PROTOCOL_UID,
         help=f"(and gid; default {PROTOCOL_UID})",
+    )
+    ap.add_argument(
+        "--link",
+        choices=("shared", "copy"),
+        default="shared",
+        help="driver<->protocol boundary: the kernel's packet rings shared with the protocol "
+        "domain, the driver making the transmit syscall (default); or every frame copied "
+        "through rings between the domains",
     )
     ap.add_argument(
         "--no-confine",

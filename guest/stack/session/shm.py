@@ -178,7 +178,7 @@ class SharedRegion:
 
 
 class _Unmapper:
-    """Unmaps a read-only mapping when the last view of it is gone (see `map_readonly`)."""
+    """Unmaps a mapping when the last view of it is gone (see `map_shared`)."""
 
     __slots__ = ("addr", "size")
 
@@ -189,24 +189,32 @@ class _Unmapper:
         munmap(self.addr, self.size)
 
 
-def map_readonly(fd: int, size: int) -> memoryview:
-    """A `PROT_READ` shared mapping of `fd` that keeps no fd of its own.
+def map_shared(fd: int, size: int, *, writable: bool = False) -> memoryview:
+    """A shared mapping of `fd` that keeps no fd of its own (`PROT_READ`, or read and write).
 
     Python's `mmap.mmap` keeps a dup of the fd it maps, for its whole life. For a region the
     *peer* writes, a dup of the peer's read-write memfd would let this process map the region
     writable again at any time (the factored stack's protocol domain, confined, must not be
     able to write an application's transmit ring). Mapped here through libc, the only way to
-    write is `mprotect`, which the domains' seccomp filter allows for read/exec only. The
-    mapping lives as long as any view of it: the ctypes array behind the views holds the
-    `_Unmapper`.
+    write a read-only mapping is `mprotect`, which the domains' seccomp filter allows for
+    read/exec only. For the same reason the protocol domain maps the kernel's packet rings
+    here: it keeps the rings and not the packet socket behind them. The mapping lives as long
+    as any view of it: the ctypes array behind the views holds the `_Unmapper`.
     """
-    addr = _mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+    addr = _mmap(None, size, prot, mmap.MAP_SHARED, fd, 0)
     if addr in (None, _MAP_FAILED):
         err = ctypes.get_errno()
         raise OSError(err, f"mmap of a shared region failed: {os.strerror(err)}")
     array = (ctypes.c_char * size).from_address(addr)
     array.unmapper = _Unmapper(addr, size)  # type: ignore[attr-defined]
-    return memoryview(array).cast("B").toreadonly()
+    view = memoryview(array).cast("B")
+    return view if writable else view.toreadonly()
+
+
+def map_readonly(fd: int, size: int) -> memoryview:
+    """`map_shared(fd, size)`: a read-only mapping that keeps no fd (see there why)."""
+    return map_shared(fd, size)
 
 
 def send_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:

@@ -1,0 +1,56 @@
+"""The traffic tool's application domain: the workload runs confined in a child, its result
+comes back, and what it may not do is denied there."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+
+import pytest
+
+from guest.stack.factored import sandbox
+from guest.traffic.appdomain import APP_UID, AppDomainError, run_confined
+from guest.traffic.metrics import read_proc_stat
+
+pytestmark = pytest.mark.skipif(sandbox.supported() is not None, reason=str(sandbox.supported()))
+
+
+def test_the_workload_runs_confined_and_its_result_comes_back() -> None:
+    def workload() -> dict:
+        return {"uid": os.getuid(), "pid": os.getpid(), "stat": read_proc_stat()}
+
+    result, domain = run_confined(workload)
+    assert result["uid"] == APP_UID and result["pid"] != os.getpid()
+    assert result["stat"] is not None  # the meter's /proc/stat was opened before confinement
+    assert domain["confined"] and domain["policy"] == "app" and domain["seccomp_mode"] == 2
+    assert domain["cap_eff"] == 0
+
+
+@pytest.mark.parametrize(
+    "attempt",
+    [
+        lambda: open("/etc/hostname").close(),
+        lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close(),
+        lambda: os.kill(os.getppid(), 0),
+        lambda: os.fork(),
+    ],
+    ids=["open a file", "open a socket", "signal the tool", "fork"],
+)
+def test_what_an_application_may_not_do_is_denied(attempt) -> None:
+    def workload() -> dict:
+        attempt()
+        return {"got": "through"}
+
+    with pytest.raises(AppDomainError) as caught:
+        run_confined(workload)
+    assert caught.value.record["kind"] in ("PermissionError", "OSError"), caught.value.record
+
+
+def test_a_crash_in_the_domain_is_reported() -> None:
+    def workload() -> dict:
+        ctypes.string_at(0)  # SIGSEGV (abort() would need tgkill, which the filter denies)
+        return {}
+
+    with pytest.raises(AppDomainError, match=r"died \(killed by signal SIGSEGV\)"):
+        run_confined(workload)
