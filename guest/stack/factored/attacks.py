@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import mmap
 import os
 import socket
@@ -135,7 +136,7 @@ class Attacks:
 
     def remap_fds_writable(self) -> None:
         """Map every regular file this domain holds writable and shared, but its own region."""
-        tried = 0
+        tried: list[str] = []
         for fd in range(3, 1024):
             try:
                 st = os.fstat(fd)
@@ -143,14 +144,22 @@ class Attacks:
                 continue
             if not stat.S_ISREG(st.st_mode) or st.st_ino == self.own_inode or not st.st_size:
                 continue
-            tried += 1
+            mode = ("r", "w", "rw", "?")[fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE]
             try:
                 with mmap.mmap(fd, mmap.PAGESIZE, flags=mmap.MAP_SHARED):
                     pass
+            except OSError as e:
+                # EACCES (read-only fd) or EPERM (sealed against writing): denied
+                tried.append(f"fd {fd} ({mode}): {errno.errorcode.get(e.errno or 0, e.errno)}")
+                continue
+            try:
+                name = os.readlink(f"/proc/self/fd/{fd}")
             except OSError:
-                continue  # EACCES (read-only fd) or EPERM (sealed against writing): denied
-            raise Succeeded(f"mapped fd {fd} (inode {st.st_ino}) writable")
-        raise PermissionError(errno.EACCES, f"no writable mapping through any of {tried} fds")
+                name = "?"
+            raise Succeeded(f"mapped fd {fd} ({name}, inode {st.st_ino}) writable")
+        raise PermissionError(
+            errno.EACCES, f"no writable mapping through any of {len(tried)} fds: {tried}"
+        )
 
     def run_all(self) -> dict[str, str]:
         results: dict[str, str] = {}
