@@ -46,6 +46,7 @@ from dataclasses import asdict
 from typing import Any
 
 from guest.stack.device.base import Device
+from guest.stack.device.ring import RingLayout
 from guest.stack.mono import (
     DEFAULT_LINGER_S,
     StackProcess,
@@ -195,6 +196,20 @@ def _confine(role: str, uid: int, confine: bool) -> dict:
     return {"confined": True, **sandbox.confine(uid, uid, sandbox.POLICIES[role])}
 
 
+def _report_driver_ready(status: int, nic: Device | RingLayout, info: dict) -> None:
+    """The driver domain's "ready" line: what the protocol domain must know of the NIC."""
+    _report(
+        status,
+        "ready",
+        domain=DRIVER,
+        pid=os.getpid(),
+        mac=nic.mac.hex(),
+        mtu=nic.mtu,
+        vnet_hdr_len=nic.vnet_hdr_len,
+        **info,
+    )
+
+
 def _driver_body(args: argparse.Namespace, link: FrameLink) -> Callable[[int], None]:
     def body(status: int) -> None:
         dev = open_device(args.device, args.iface, args.offload.vnet_hdr)
@@ -202,16 +217,7 @@ def _driver_body(args: argparse.Namespace, link: FrameLink) -> Callable[[int], N
         pump = DriverPump(dev, end)
         signal.signal(signal.SIGTERM, pump.stop)
         info = _confine(DRIVER, args.driver_uid, args.confine)
-        _report(
-            status,
-            "ready",
-            domain=DRIVER,
-            pid=os.getpid(),
-            mac=dev.mac.hex(),
-            mtu=dev.mtu,
-            vnet_hdr_len=dev.vnet_hdr_len,
-            **info,
-        )
+        _report_driver_ready(status, dev, info)
         pump.run()
         stats = {
             "device": asdict(dev.stats),
@@ -228,17 +234,7 @@ def _kicker_body(args: argparse.Namespace, nic: SharedNic) -> Callable[[int], No
         kicker = Kicker(nic.sock, nic.bell)
         signal.signal(signal.SIGTERM, kicker.stop)
         info = _confine(DRIVER, args.driver_uid, args.confine)
-        layout = nic.layout
-        _report(
-            status,
-            "ready",
-            domain=DRIVER,
-            pid=os.getpid(),
-            mac=layout.mac.hex(),
-            mtu=layout.mtu,
-            vnet_hdr_len=layout.vnet_hdr_len,
-            **info,
-        )
+        _report_driver_ready(status, nic.layout, info)
         kicker.run()
         stats = {"device": kicker.device_stats(), "kicker": asdict(kicker.stats)}
         _report(status, "stopped", domain=DRIVER, stats=stats)
@@ -270,9 +266,6 @@ def _protocol_body(
         stats = sp.stats()
         if end is not None:
             stats["bells"] = asdict(end.stats)
-        else:
-            assert isinstance(dev, SharedRingDevice)
-            stats["kicks"] = dev.kicks
         _report(status, "stopped", domain=PROTOCOL, stats=stats)
 
     return body
@@ -325,14 +318,15 @@ class Launcher:
         try:
             self._start_domain(DRIVER, _kicker_body(args, nic), nic.driver_fds())
             view = nic.map_rings()  # after the driver's fork: only the protocol inherits it
-            epoll_fd, bell = nic.protocol_fds()
+            keep = nic.protocol_fds()
+            epoll_fd, bell = keep
 
             def device() -> Device:
                 return SharedRingDevice(nic.layout, view, epoll_fd, bell)
 
             driver_pid = int(self.ready[DRIVER]["pid"])
             body = _protocol_body(args, device, driver_pid, self.path)
-            self._start_domain(PROTOCOL, body, nic.protocol_fds())
+            self._start_domain(PROTOCOL, body, keep)
             del device
             view.release()  # this process's view: the launcher keeps no mapping
         finally:
@@ -409,7 +403,8 @@ class Launcher:
         proto, drv = stats.get(PROTOCOL, {}), stats.get(DRIVER, {})
         if self.args.link == "shared":
             # One device seen from two domains: the protocol's counters, the kernel's drops
-            # (which only the driver can read).
+            # (which only the driver can read). Each flush that queued frames rang the driver
+            # once: the device's tx_batches count those rings.
             device = {**(proto.get("device") or {}), **(drv.get("device") or {})}
             return {
                 "stack": proto.get("stack"),
@@ -417,7 +412,7 @@ class Launcher:
                 "device": device,
                 "link": {
                     "mode": "shared",
-                    "kicks": proto.get("kicks"),
+                    "kicks": device.get("tx_batches"),
                     "driver": drv.get("kicker"),
                 },
             }
