@@ -70,11 +70,7 @@ def run_confined(workload: Callable[[], dict], uid: int = APP_UID) -> tuple[dict
     try:
         report = json.loads(data)
     except ValueError:
-        how = (
-            f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
-            if os.WIFSIGNALED(status)
-            else f"exit status {os.WEXITSTATUS(status)}"
-        )
+        how = sandbox.describe_wait_status(status)
         raise AppDomainError({"error": f"the application domain died ({how})"}) from None
     if "error" in report:
         raise AppDomainError(report)

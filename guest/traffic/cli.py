@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from guest.stack.factored import LINKS
+
 from .appdomain import AppDomainError, run_confined
 from .providers import PROVIDERS, TrafficError, describe_error
 from .workloads import RUNNERS, base_record, emit
@@ -98,7 +100,7 @@ def _common_options() -> argparse.ArgumentParser:
     )
     user.add_argument(
         "--stack-link",
-        choices=["shared", "copy"],
+        choices=LINKS,
         default="shared",
         help="factored only: the driver<->protocol boundary of a stack started for the run "
         "(default shared: the kernel's rings shared with the protocol domain)",

@@ -18,3 +18,6 @@ Also: `sandbox` (privilege drop and seccomp), `launcher` (`python3 -m guest.stac
 sets up, confines and supervises the domains), `attacks` (what the isolation tests try from
 inside the protocol domain), `bench_link` (what one crossing of the copy link costs).
 """
+
+#: The driver<->protocol boundaries (`--link`), the default first.
+LINKS = ("shared", "copy")

@@ -56,7 +56,7 @@ from guest.stack.mono import (
 )
 from guest.stack.nic import Offloads
 
-from . import sandbox
+from . import LINKS, sandbox
 from .attacks import Attacks
 from .driver import DriverPump
 from .link import DRIVER, PROTOCOL, SUPER_FRAME, FrameLink, LinkGeometry
@@ -138,12 +138,9 @@ class Domain:
         return self.exit_status
 
     def describe_exit(self) -> str:
-        status = self.exit_status
-        if status is None:
+        if self.exit_status is None:
             return "running"
-        if os.WIFSIGNALED(status):
-            return f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
-        return f"exit status {os.WEXITSTATUS(status)}"
+        return sandbox.describe_wait_status(self.exit_status)
 
     def kill(self) -> None:
         if self.exit_status is None:
@@ -450,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--link",
-        choices=("shared", "copy"),
+        choices=LINKS,
         default="shared",
         help="driver<->protocol boundary: the kernel's packet rings shared with the protocol "
         "domain, the driver making the transmit syscall (default); or every frame copied "

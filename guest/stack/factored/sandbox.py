@@ -52,6 +52,7 @@ import ctypes
 import errno
 import mmap
 import os
+import signal
 import struct
 import sys
 import threading
@@ -479,3 +480,11 @@ def supported() -> str | None:
     except OSError as exc:
         return f"kernel without seccomp: {exc}"
     return None
+
+
+def describe_wait_status(status: int) -> str:
+    """How a domain ended, from its `waitpid` status: "exit status N" or "killed by signal X"
+    (what the launcher and the traffic tool report when one of their domains dies)."""
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.WEXITSTATUS(status)}"
