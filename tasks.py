@@ -274,9 +274,11 @@ def lab_sweep(c, lab=None, force=False):
         "accel": "force kvm or tcg",
         "out": "results folder (default results/)",
         "plot": "also write a PNG plot",
+        "rounds": "run the experiments N times over, interleaved (default 1); the report "
+        "gives medians and each baseline ratio paired round by round",
     }
 )
-def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False):
+def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False, rounds=1):
     """Run a lab's experiments and print/save the results (JSON, table, optional plot).
 
     Uses the lab if it is already up (lab.up); otherwise brings one up for the run and tears it
@@ -293,21 +295,26 @@ def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False)
         raise Exit(f"{config} defines no experiments", code=2)
     names = only.split(",") if only else None
     out_dir = Path(out) if out else None
+    if not str(rounds).isdigit() or int(rounds) < 1:
+        raise Exit(f"--rounds must be a whole number of at least 1, not {rounds!r}", code=2)
+    rounds = int(rounds)
     running = LabState.load(cfg.lab)
     terminate_on_sigterm()
     if running is not None and running.owner_alive():
         _say(f"using running lab {cfg.lab} (owner pid {running.owner_pid})")
         guests = {n.name: running.guest(n.name) for n in running.nodes}
-        records = run_experiments(cfg, running, guests.__getitem__, names, progress=_say)
+        records = run_experiments(
+            cfg, running, guests.__getitem__, names, progress=_say, rounds=rounds
+        )
         img = cached_image(cfg.image)
-        meta = metadata(cfg, running, img.manifest if img else {})
+        meta = metadata(cfg, running, img.manifest if img else {}, rounds)
         for g in guests.values():
             g.close()
     else:
         with Lab(cfg, accel=accel, progress=_say) as lab:
             state = lab.up()
-            records = run_experiments(cfg, state, lab.guest, names, progress=_say)
-            meta = metadata(cfg, state, lab.image.manifest)
+            records = run_experiments(cfg, state, lab.guest, names, progress=_say, rounds=rounds)
+            meta = metadata(cfg, state, lab.image.manifest, rounds)
     path = save_results(meta, records, out_dir)
     print_results(load(path), console)
     _say(f"results: {path}")

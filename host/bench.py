@@ -302,8 +302,12 @@ RUNNERS: dict[str, Callable[[Target], dict]] = {
 
 
 def _summary(runs: list[dict]) -> dict:
-    """Median of each numeric figure over the repeats (a repeat count of 1 gives the value)."""
-    keys = [k for k, v in runs[0].items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    """Median of each numeric figure over the runs (rounds and repeats; one run gives the value)."""
+    keys = [
+        k
+        for k, v in runs[0].items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and k != "round"
+    ]
     out = {}
     for k in keys:
         values = [r[k] for r in runs if r.get(k) is not None]
@@ -317,53 +321,71 @@ def run_experiments(
     guests: Callable[[str], Guest],
     only: list[str] | None = None,
     progress: Callable[[str], None] = print,
+    rounds: int = 1,
 ) -> list[dict]:
-    records = []
+    """Run the selected experiments `rounds` times over, in the file's order each round.
+
+    Rounds interleave the experiments (a b c, a b c, ...) rather than repeating each in place
+    (a a, b b, ...), so a slow drift of the host (another guest's page cache, thermal state,
+    a noisy neighbour) falls on every experiment alike, and an experiment and its baseline
+    can be compared round by round. Each run records its round.
+    """
+    if rounds < 1:
+        raise BenchError(f"rounds must be at least 1, not {rounds}")
     selected = [e for e in config.experiments if not only or e.name in only]
     if only and (missing := set(only) - {e.name for e in selected}):
         raise BenchError(
             f"no experiment named {', '.join(sorted(missing))} in {config.source_path}"
         )
+    targets = []
     for i, exp in enumerate(selected):
         link = config.link(exp.link)
-        target = Target(
-            exp,
-            guests(exp.client),
-            guests(exp.server),
-            str(link.address_of(exp.server).ip),
-            BASE_PORT + i,
-            client_path=path_args(exp, state, exp.client),
-            server_path=path_args(exp, state, exp.server),
-        )
-        runs = []
-        for rep in range(exp.repeat):
-            progress(
-                f"[{i + 1}/{len(selected)}] {exp.name} ({exp.type}, {exp.path}, "
-                f"{exp.client} -> {exp.server}, {exp.duration_s:g} s)"
-                + (f" repeat {rep + 1}/{exp.repeat}" if exp.repeat > 1 else "")
+        targets.append(
+            Target(
+                exp,
+                guests(exp.client),
+                guests(exp.server),
+                str(link.address_of(exp.server).ip),
+                BASE_PORT + i,
+                client_path=path_args(exp, state, exp.client),
+                server_path=path_args(exp, state, exp.server),
             )
-            try:
-                runs.append(RUNNERS[exp.type](target))
-            except (BenchError, GuestError) as err:
-                runs.append({"error": str(err)})
-                progress(f"    FAILED: {err}")
-        ok = [r for r in runs if "error" not in r]
-        records.append(
-            {
-                "experiment": exp.name,
-                "type": exp.type,
-                "path": exp.path,
-                "stack": None if exp.path == "kernel" else exp.stack.model_dump(),
-                "client": exp.client,
-                "server": exp.server,
-                "link": exp.link,
-                "duration_s": exp.duration_s,
-                "runs": runs,
-                "summary": _summary(ok) if ok else None,
-                "errors": [r["error"] for r in runs if "error" in r],
-            }
         )
-    return records
+    runs: list[list[dict]] = [[] for _ in selected]
+    for round_no in range(1, rounds + 1):
+        for i, (exp, target) in enumerate(zip(selected, targets, strict=True)):
+            for rep in range(exp.repeat):
+                progress(
+                    (f"round {round_no}/{rounds} " if rounds > 1 else "")
+                    + f"[{i + 1}/{len(selected)}] {exp.name} ({exp.type}, {exp.path}, "
+                    f"{exp.client} -> {exp.server}, {exp.duration_s:g} s)"
+                    + (f" repeat {rep + 1}/{exp.repeat}" if exp.repeat > 1 else "")
+                )
+                try:
+                    run = RUNNERS[exp.type](target)
+                except (BenchError, GuestError) as err:
+                    run = {"error": str(err)}
+                    progress(f"    FAILED: {err}")
+                runs[i].append({**run, "round": round_no})
+    return [_record(exp, exp_runs) for exp, exp_runs in zip(selected, runs, strict=True)]
+
+
+def _record(exp: ExperimentConfig, runs: list[dict]) -> dict:
+    ok = [r for r in runs if "error" not in r]
+    return {
+        "experiment": exp.name,
+        "type": exp.type,
+        "path": exp.path,
+        "stack": None if exp.path == "kernel" else exp.stack.model_dump(),
+        "client": exp.client,
+        "server": exp.server,
+        "link": exp.link,
+        "duration_s": exp.duration_s,
+        "baseline": exp.baseline,
+        "runs": runs,
+        "summary": _summary(ok) if ok else None,
+        "errors": [r["error"] for r in runs if "error" in r],
+    }
 
 
 def _git(*args: str) -> str | None:
@@ -375,7 +397,7 @@ def _git(*args: str) -> str | None:
         return None
 
 
-def metadata(config: LabConfig, state: LabState, image_manifest: dict) -> dict:
+def metadata(config: LabConfig, state: LabState, image_manifest: dict, rounds: int = 1) -> dict:
     import libvirt
 
     qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True)
@@ -403,6 +425,7 @@ def metadata(config: LabConfig, state: LabState, image_manifest: dict) -> dict:
         },
         "guest_kernel": state.guest_kernel,
         "lab": state.lab,
+        "rounds": rounds,
         "boot_seconds": {n.name: n.boot_seconds for n in state.nodes},
         "config": config.to_dict(),
     }
@@ -413,7 +436,10 @@ def save_results(meta: dict, records: list[dict], out_dir: Path | None = None) -
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = out_dir / f"{stamp}-{meta['lab']}.json"
-    path.write_text(json.dumps({"metadata": meta, "results": records}, indent=2) + "\n")
+    from host.report import comparisons
+
+    data = {"metadata": meta, "results": records, "comparisons": comparisons(records)}
+    path.write_text(json.dumps(data, indent=2) + "\n")
     latest = out_dir / "latest.json"
     latest.unlink(missing_ok=True)
     latest.symlink_to(path.name)

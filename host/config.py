@@ -346,6 +346,10 @@ class ExperimentConfig(_Strict):
     resp_size: RrSize | None = None
     repeat: Repeat = 1
     stack: StackOptions = Field(default_factory=StackOptions)
+    #: Another experiment of the same type that this one is compared with: the report shows
+    #: this one's throughput (stream) or p50 latency (rr) as a ratio of the baseline's, paired
+    #: round by round (`invoke bench --rounds N`).
+    baseline: ExperimentName | None = None
 
     @field_validator("path")
     @classmethod
@@ -528,6 +532,40 @@ def _experiment_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
                 (*here, "link"),
                 f"link {exp.link!r} joins {ends[0]!r} and {ends[1]!r}, "
                 f"not client {exp.client!r} and server {exp.server!r}",
+            )
+    yield from _baseline_problems(lab)
+
+
+#: Experiment types whose runs the report compares with a baseline (the figure compared).
+COMPARABLE_TYPES = {"stream": "throughput", "rr": "p50 latency"}
+
+
+def _baseline_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
+    by_name = {exp.name: exp for exp in lab.experiments}
+    for index, exp in enumerate(lab.experiments):
+        if exp.baseline is None:
+            continue
+        where: Loc = ("experiments", index, "baseline")
+        other = by_name.get(exp.baseline)
+        if exp.type not in COMPARABLE_TYPES:
+            yield (
+                where,
+                (
+                    f"only {' and '.join(COMPARABLE_TYPES)} experiments are compared with a "
+                    f"baseline, not {exp.type}"
+                ),
+            )
+        elif exp.baseline == exp.name:
+            yield where, "an experiment cannot be its own baseline"
+        elif other is None:
+            yield where, f"no experiment named {exp.baseline!r}"
+        elif other.type != exp.type:
+            yield (
+                where,
+                (
+                    f"baseline {exp.baseline!r} is of type {other.type}; "
+                    f"it must be of this experiment's type, {exp.type}"
+                ),
             )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from rich.console import Console
@@ -84,12 +85,103 @@ def results_table(data: dict) -> Table:
         f"{boots} · commit {(meta['git_commit'] or 'unknown')[:10]}"
         f"{' (dirty)' if meta['git_dirty'] else ''} · "
         f"p50/p99 for ping are avg/max RTT"
+        + (f" · medians of {meta['rounds']} rounds" if meta.get("rounds", 1) > 1 else "")
     )
     return table
 
 
+#: The figure each comparable experiment type is compared on, and what it is called.
+COMPARED_FIGURE = {"stream": ("mbit_per_s", "throughput"), "rr": ("p50_us", "p50 latency")}
+
+
+def _per_round(record: dict, key: str) -> dict[int, float]:
+    """The figure of each round (the median of that round's repeats), failed runs left out."""
+    values: dict[int, list[float]] = {}
+    for run in record["runs"]:
+        if "error" not in run and run.get(key) is not None:
+            values.setdefault(run.get("round", 1), []).append(run[key])
+    return {r: statistics.median(v) for r, v in values.items()}
+
+
+def comparisons(results: list[dict]) -> list[dict]:
+    """Each experiment that names a baseline, as ratios of the baseline's figure.
+
+    Ratios are paired by round (this round's figure over the baseline's in the same round),
+    so that drift between rounds cancels out; their median and range are given. An
+    experiment whose baseline was not run, or that shares no successful round with it, gets
+    no ratio and says why.
+    """
+    by_name = {rec["experiment"]: rec for rec in results}
+    out = []
+    for rec in results:
+        if not rec.get("baseline") or rec["type"] not in COMPARED_FIGURE:
+            continue
+        key, figure = COMPARED_FIGURE[rec["type"]]
+        entry: dict = {"experiment": rec["experiment"], "baseline": rec["baseline"]}
+        entry |= {"figure": figure, "key": key, "ratios": [], "rounds": []}
+        base = by_name.get(rec["baseline"])
+        if base is None:
+            out.append(entry | {"missing": "baseline not run"})
+            continue
+        mine, theirs = _per_round(rec, key), _per_round(base, key)
+        for r in sorted(set(mine) & set(theirs)):
+            if theirs[r]:
+                entry["rounds"].append(r)
+                entry["ratios"].append(mine[r] / theirs[r])
+        if not entry["ratios"]:
+            out.append(entry | {"missing": "no round where both succeeded"})
+            continue
+        ratios = entry["ratios"]
+        entry |= {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+        out.append(entry)
+    return out
+
+
+def comparison_table(data: dict) -> Table | None:
+    """The baseline ratios as a table, or None if no experiment names a baseline."""
+    rows = comparisons(data["results"])
+    if not rows:
+        return None
+    rounds = data["metadata"].get("rounds", 1)
+    table = Table(
+        title=f"compared with a baseline, round by round ({rounds} round{'s' * (rounds > 1)})",
+        title_justify="left",
+    )
+    for col, justify in (
+        ("experiment", "left"),
+        ("baseline", "left"),
+        ("figure", "left"),
+        ("ratio (median)", "right"),
+        ("range", "right"),
+        ("rounds", "right"),
+    ):
+        table.add_column(col, justify=justify)
+    for row in rows:
+        if "missing" in row:
+            table.add_row(row["experiment"], row["baseline"], row["figure"], "-", row["missing"])
+            continue
+        spread = "-" if len(row["ratios"]) == 1 else f"{_pct1(row['min'])} - {_pct1(row['max'])}"
+        table.add_row(
+            row["experiment"],
+            row["baseline"],
+            row["figure"],
+            _pct1(row["median"]),
+            spread,
+            str(len(row["ratios"])),
+        )
+    table.caption = "ratio = this experiment's figure / the baseline's (p50: lower is faster)"
+    return table
+
+
+def _pct1(value: float) -> str:
+    return f"{value * 100:.1f}%"
+
+
 def print_results(data: dict, console: Console | None = None) -> None:
-    (console or Console()).print(results_table(data))
+    console = console or Console()
+    console.print(results_table(data))
+    if (table := comparison_table(data)) is not None:
+        console.print(table)
 
 
 def plot(paths: list[Path], out: Path) -> Path:

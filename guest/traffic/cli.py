@@ -99,6 +99,13 @@ def _common_options() -> argparse.ArgumentParser:
         "domain (own uid, seccomp)",
     )
     user.add_argument(
+        "--no-confine-stack",
+        dest="confine_stack",
+        action="store_false",
+        help="factored only: run the driver and protocol domains of a stack started for the "
+        "run as root without seccomp (to measure what confinement costs)",
+    )
+    user.add_argument(
         "--stack-link",
         choices=LINKS,
         default="shared",

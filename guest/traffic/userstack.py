@@ -168,4 +168,4 @@ class FactoredProvider(MonoProvider):
     app_domains = True
 
     def extra_stack_args(self, args: argparse.Namespace) -> list[str]:
-        return ["--link", args.stack_link]
+        return ["--link", args.stack_link, *([] if args.confine_stack else ["--no-confine"])]
