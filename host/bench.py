@@ -27,6 +27,7 @@ from pathlib import Path
 from host.config import ExperimentConfig, LabConfig
 from host.lab import LabState
 from host.paths import PROJECT_ROOT, results_dir
+from host.report import comparisons
 from host.ssh import Guest, GuestError, traffic_command
 
 INTEGRITY_BYTES = 8 * 1024 * 1024
@@ -436,8 +437,6 @@ def save_results(meta: dict, records: list[dict], out_dir: Path | None = None) -
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = out_dir / f"{stamp}-{meta['lab']}.json"
-    from host.report import comparisons
-
     data = {"metadata": meta, "results": records, "comparisons": comparisons(records)}
     path.write_text(json.dumps(data, indent=2) + "\n")
     latest = out_dir / "latest.json"

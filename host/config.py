@@ -536,8 +536,9 @@ def _experiment_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
     yield from _baseline_problems(lab)
 
 
-#: Experiment types whose runs the report compares with a baseline (the figure compared).
-COMPARABLE_TYPES = {"stream": "throughput", "rr": "p50 latency"}
+#: The experiment types that can name a baseline, each with the figure the report compares
+#: (the key in a run's result, and what it is called).
+COMPARED_FIGURE = {"stream": ("mbit_per_s", "throughput"), "rr": ("p50_us", "p50 latency")}
 
 
 def _baseline_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
@@ -547,26 +548,16 @@ def _baseline_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
             continue
         where: Loc = ("experiments", index, "baseline")
         other = by_name.get(exp.baseline)
-        if exp.type not in COMPARABLE_TYPES:
-            yield (
-                where,
-                (
-                    f"only {' and '.join(COMPARABLE_TYPES)} experiments are compared with a "
-                    f"baseline, not {exp.type}"
-                ),
-            )
+        if exp.type not in COMPARED_FIGURE:
+            kinds = " and ".join(COMPARED_FIGURE)
+            yield where, f"only {kinds} experiments are compared with a baseline, not {exp.type}"
         elif exp.baseline == exp.name:
             yield where, "an experiment cannot be its own baseline"
         elif other is None:
             yield where, f"no experiment named {exp.baseline!r}"
         elif other.type != exp.type:
-            yield (
-                where,
-                (
-                    f"baseline {exp.baseline!r} is of type {other.type}; "
-                    f"it must be of this experiment's type, {exp.type}"
-                ),
-            )
+            why = f"it must be of this experiment's type, {exp.type}"
+            yield where, f"baseline {exp.baseline!r} is of type {other.type}; {why}"
 
 
 def _cross_reference_problems(lab: LabConfig) -> list[tuple[Loc, str]]:

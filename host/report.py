@@ -9,6 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from host.config import COMPARED_FIGURE
+
 
 def load(path: Path) -> dict:
     return json.loads(Path(path).read_text())
@@ -88,10 +90,6 @@ def results_table(data: dict) -> Table:
         + (f" · medians of {meta['rounds']} rounds" if meta.get("rounds", 1) > 1 else "")
     )
     return table
-
-
-#: The figure each comparable experiment type is compared on, and what it is called.
-COMPARED_FIGURE = {"stream": ("mbit_per_s", "throughput"), "rr": ("p50_us", "p50 latency")}
 
 
 def _per_round(record: dict, key: str) -> dict[int, float]:
