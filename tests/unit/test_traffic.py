@@ -350,3 +350,25 @@ def test_parse_proc_stat() -> None:
     assert parse_proc_stat(text) == (160, 1000)
     assert parse_proc_stat("intr 1 2\n") is None
     assert parse_proc_stat("cpu  a b c d e\n") is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "launcher_args"),
+    [
+        ([], ["--link", "shared"]),
+        (["--stack-link", "copy"], ["--link", "copy"]),
+        (["--no-confine-stack"], ["--link", "shared", "--no-confine"]),
+    ],
+)
+def test_factored_stack_options_reach_the_launcher(
+    extra: list[str], launcher_args: list[str]
+) -> None:
+    from guest.traffic.cli import parse_args
+    from guest.traffic.userstack import FactoredProvider
+
+    args = parse_args(
+        ["rr-client", "--path", "factored", "--iface", "eth1", "--peer", "198.18.1.2", *extra]
+    )
+    assert FactoredProvider.extra_stack_args(FactoredProvider.__new__(FactoredProvider), args) == (
+        launcher_args
+    )
