@@ -20,8 +20,8 @@ def _fmt(value, spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _pct(value) -> str:
-    return "-" if value is None else f"{value * 100:.0f}%"
+def _pct(value, digits: int = 0) -> str:
+    return "-" if value is None else f"{value * 100:.{digits}f}%"
 
 
 def results_table(data: dict) -> Table:
@@ -158,21 +158,18 @@ def comparison_table(data: dict) -> Table | None:
         if "missing" in row:
             table.add_row(row["experiment"], row["baseline"], row["figure"], "-", row["missing"])
             continue
-        spread = "-" if len(row["ratios"]) == 1 else f"{_pct1(row['min'])} - {_pct1(row['max'])}"
+        low, high = _pct(row["min"], 1), _pct(row["max"], 1)
+        spread = "-" if len(row["ratios"]) == 1 else f"{low} - {high}"
         table.add_row(
             row["experiment"],
             row["baseline"],
             row["figure"],
-            _pct1(row["median"]),
+            _pct(row["median"], 1),
             spread,
             str(len(row["ratios"])),
         )
     table.caption = "ratio = this experiment's figure / the baseline's (p50: lower is faster)"
     return table
-
-
-def _pct1(value: float) -> str:
-    return f"{value * 100:.1f}%"
 
 
 def print_results(data: dict, console: Console | None = None) -> None:
