@@ -466,6 +466,10 @@ class RingDevice:
         status_at, data_at = self._tx_table[head]
         if _unpack_u32(view, status_at)[0] & _TX_BUSY and not self._make_room(status_at):
             return False
+        if self._tx_pending == self._tx_nr:
+            # The head slot is the oldest requested one, free again: taken by a transmit
+            # outside `flush` (the factored stack's driver domain). Count it before reusing it.
+            self._reap_taken()
         if h:
             view[data_at : data_at + h] = header
         view[data_at + h : data_at + n] = frame
@@ -511,12 +515,13 @@ class RingDevice:
         len_first = self._tx_len_first
         head = self._tx_head
         fast = nbytes = 0
+        room = nr - self._tx_pending  # slots before one not yet counted as taken (see `send`)
         rest = iter(frames)
         hard: list[Frame] = []
         for frame in rest:
             n = len(frame)
             status_at, data_at = table[head]
-            if n > limit or _unpack_u32(view, status_at)[0] & _TX_BUSY:
+            if n > limit or fast == room or _unpack_u32(view, status_at)[0] & _TX_BUSY:
                 hard.append(frame)
                 break
             view[data_at : data_at + n] = frame
@@ -544,9 +549,23 @@ class RingDevice:
         return queued
 
     def flush(self) -> None:
-        """Ask the kernel to transmit every requested slot (one syscall, never blocking)."""
-        if not self._tx_pending:
+        """Ask the kernel to transmit every requested slot it has not taken yet.
+
+        What it took is read back from the slots' status words, never assumed: a `send()`
+        can stop part-way and still succeed (tpacket_snd returns what it sent when the socket
+        buffer fills mid-ring), and the slots after that stay requested. `tx_pending` then
+        stays non-zero and the caller flushes again. The slots are read before the request
+        too, so that frames a transmit outside this call took (the factored stack's driver
+        domain) are not requested twice.
+        """
+        if not self._tx_pending or not self._reap_taken():
             return
+        self._request_transmit()
+        self._reap_taken()
+
+    def _request_transmit(self) -> None:
+        """One `send()` syscall, never blocking: the kernel transmits the requested slots from
+        its cursor on."""
         try:
             self._sock.send(b"", socket.MSG_DONTWAIT)
         except OSError as exc:
@@ -554,7 +573,10 @@ class RingDevice:
             # send (and those after it) requested; a later flush() sends them.
             if not abi.is_no_room(exc):
                 raise
-        # Count what the kernel took: its cursor moved past every slot no longer requested.
+
+    def _reap_taken(self) -> int:
+        """Count the pending frames the kernel has taken (its cursor moved past every slot no
+        longer requested); return how many are still pending."""
         view = self._view
         slots = self._tx_slots
         i = self._tx_oldest
@@ -571,6 +593,7 @@ class RingDevice:
         self._tx_pending -= taken
         if taken:
             self._stats.tx_batches += 1
+        return self._tx_pending
 
     # --- teardown --------------------------------------------------------------------------
 

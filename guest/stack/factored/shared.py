@@ -84,9 +84,11 @@ class SharedRingDevice(RingDevice):
 
     Everything the monolithic stack's `RingDevice` does on the rings is inherited unchanged;
     only what needs the socket differs: readiness comes from the epoll fd, and `flush` rings
-    the driver instead of calling `send()`. Requested frames count as handed over at `flush`
-    (`tx_pending` stays 0): the driver retries on its own when the kernel has no room, and a
-    slot is reused only once the kernel has marked it available again, as with a local ring.
+    the driver instead of calling `send()`. What the kernel took is read from the slots, as
+    with a local ring: `tx_pending` counts the frames still requested, and the stack's loop
+    flushes (rings) again while any are. The driver cannot tell that itself: a `send()` that
+    stops part-way (socket buffer full mid-ring) returns success, and without a new ring the
+    rest would wait for ever once the ring is full of them.
     """
 
     def __init__(self, layout: RingLayout, view: memoryview, epoll_fd: int, bell: int) -> None:
@@ -102,12 +104,8 @@ class SharedRingDevice(RingDevice):
     def _read_kernel_drops(self) -> None:
         """The kernel's drop counters need the socket: the driver reports them."""
 
-    def flush(self) -> None:
-        if not self._tx_pending:
-            return
-        os.eventfd_write(self._bell, 1)
-        self._tx_pending = 0
-        self._stats.tx_batches += 1  # one ring of the driver each
+    def _request_transmit(self) -> None:
+        os.eventfd_write(self._bell, 1)  # the driver makes the send() (`Kicker`)
 
     def owns(self, frame: memoryview) -> bool:
         return self._view is not None and frame.obj is self._view.obj
