@@ -197,6 +197,18 @@ def stack_summary(client: dict, server: dict) -> dict | None:
             "rx_dropped": dev.get("rx_dropped", 0),
             "drops": tcp.get("drops_total", 0),
         }
+        link = st.get("link") or {}
+        if link.get("mode") in ("shared", "uring"):
+            # How the factored stack's transmits crossed: wakeups of the driver domain (rung
+            # by the protocol domain), or submissions on the send-only io_uring (no wakeup).
+            driver, ring = link.get("driver") or {}, link.get("transmit") or {}
+            out[side]["crossings"] = {
+                "mode": link["mode"],
+                "tx_batches": dev.get("tx_batches", 0),
+                "driver_wakeups": driver.get("wakeups", 0),
+                "uring_submits": ring.get("submits", 0),
+                "errors": driver.get("errors", 0) + ring.get("errors", 0),
+            }
     return out
 
 

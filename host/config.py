@@ -311,10 +311,12 @@ class StackOptions(_Strict):
     device: str = "ring-v2"
     #: Offload levers: none, all, or a comma list of csum, tso, gro (see guest/stack/nic.py).
     offload: str = "all"
-    #: Factored path only: the driver<->protocol boundary. "shared": the kernel's packet rings
-    #: shared with the protocol domain, the driver domain making the transmit syscall;
-    #: "copy": every frame copied through rings between the domains (guest/stack/factored).
-    link: Literal["shared", "copy"] = "shared"
+    #: Factored path only: the driver<->protocol boundary. "uring": the kernel's packet rings
+    #: shared with the protocol domain, which submits the transmit on a send-only io_uring;
+    #: "shared": the same rings, the driver domain making the transmit syscall when rung;
+    #: "copy": every frame copied through rings between the domains (guest/stack/factored;
+    #: a test checks these match its LINKS).
+    link: Literal["uring", "shared", "copy"] = "uring"
 
     @field_validator("device")
     @classmethod

@@ -11,6 +11,13 @@ from rich.table import Table
 
 from host.config import COMPARED_FIGURE
 
+#: How the path column names each factored boundary (`stack: {link: ...}`).
+LINK_NOTES: dict[str, str] = {
+    "uring": "shared rings, io_uring send",
+    "shared": "shared rings, driver send",
+    "copy": "copy rings",
+}
+
 
 def load(path: Path) -> dict:
     return json.loads(Path(path).read_text())
@@ -65,7 +72,8 @@ def results_table(data: dict) -> Table:
             if opts["device"] == "packet":
                 notes.append("socket")
             if rec["path"] == "factored":
-                notes.append(f"{opts.get('link', 'copy')} rings")
+                # older result files have no link: those ran the copy boundary
+                notes.append(LINK_NOTES.get(opts.get("link", "copy"), str(opts.get("link"))))
             path += f" ({'; '.join(notes)})"
         table.add_row(
             rec["experiment"],

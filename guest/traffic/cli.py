@@ -108,9 +108,9 @@ def _common_options() -> argparse.ArgumentParser:
     user.add_argument(
         "--stack-link",
         choices=LINKS,
-        default="shared",
+        default=LINKS[0],
         help="factored only: the driver<->protocol boundary of a stack started for the run "
-        "(default shared: the kernel's rings shared with the protocol domain)",
+        f"(default {LINKS[0]}; see python3 -m guest.stack.factored --help)",
     )
     return common
 

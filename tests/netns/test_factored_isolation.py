@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from guest.stack.device.netns import VethPair
-from guest.stack.factored import sandbox
+from guest.stack.factored import sandbox, uring
 from guest.stack.session.client import StackClient
 from tests.netns.fixtures import netns_pair, start
 
@@ -105,15 +105,18 @@ def _attack(stack: Stack) -> dict[str, str]:
     return _line(stack.proc, "attacks")["results"]
 
 
-#: The two driver<->protocol boundaries (`--link`): kernel rings shared with the protocol
-#: domain, or frames copied through the link's rings (which adds an attack on the driver's).
-LINKS = {"shared": 9, "copy": 10}
+#: The driver<->protocol boundaries (`--link`) and how many attacks each has: kernel rings
+#: shared with the protocol domain (with a send-only io_uring, which adds two attacks on the
+#: ring), or frames copied through the link's rings (which adds an attack on the driver's).
+LINKS = {"shared": 10, "uring": 12, "copy": 11}
 
 
 @pytest.mark.parametrize("link", LINKS)
 def test_attacks_from_the_protocol_domain_are_denied_and_contained(
     pair: VethPair, tmp_path: Path, link: str
 ) -> None:
+    if link == "uring" and (why := uring.supported()) is not None:
+        pytest.skip(why)
     sock = str(tmp_path / "stack.sock")
     stack = Stack(pair, sock, "--link", link)
     sink = _sink(pair, 7201)
@@ -150,6 +153,8 @@ def test_without_confinement_the_same_attacks_get_through(
     pair: VethPair, tmp_path: Path, link: str
 ) -> None:
     """The control: the attacks are real, the sandbox is what stops them."""
+    if link == "uring" and (why := uring.supported()) is not None:
+        pytest.skip(why)
     sock = str(tmp_path / "stack.sock")
     stack = Stack(pair, sock, "--no-confine", "--link", link)
     sink = _sink(pair, 7202)
@@ -168,7 +173,10 @@ def test_without_confinement_the_same_attacks_get_through(
             "kill_driver",
             "spawn_process",
             "write_session_rings",
+            "create_uring",
         }
+        if link == "uring":
+            expected.add("map_uring_entries")
         through = {name for name, r in results.items() if r.startswith("SUCCEEDED")}
         assert expected <= through, results
         assert len(results) == LINKS[link], results
@@ -176,6 +184,10 @@ def test_without_confinement_the_same_attacks_get_through(
             # Even unconfined, the driver's ring cannot be made writable: it is mapped from a
             # read-only fd (the link's design, beside the sandbox).
             assert results["write_driver_ring"].startswith("denied"), results
+        if link == "uring":
+            # Even unconfined, the ring refuses every register operation: its restrictions
+            # are the kernel's (the second line of defence, beside the sandbox).
+            assert results["register_on_uring"].startswith("denied"), results
         client.close()
     finally:
         sink.kill()

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from guest.stack.device.netns import unavailable_reason, veth_pair
+from guest.stack.factored import uring
 from host.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.netns
@@ -26,10 +27,11 @@ NBYTES = 4 * 1_000_003 + 777
 APP_UID = 64903
 
 
-@pytest.fixture(params=["mono", "factored", "factored-copy"])
+@pytest.fixture(params=["mono", "factored-uring", "factored-shared", "factored-copy"])
 def path(request) -> str:
-    """The stack under test: monolithic, factored over shared rings (its default boundary),
-    or factored with frames copied between the domains (`--stack-link copy`)."""
+    """The stack under test: monolithic, or factored with each driver<->protocol boundary
+    (`--stack-link`): the kernel's rings shared with the protocol domain, which transmits
+    through a send-only io_uring or by ringing the driver, or frames copied between them."""
     return request.param
 
 
@@ -40,6 +42,8 @@ def link(request, path):
     virtio_net_hdr (NEEDS_CSUM). "plain": no lever, Linux's offloads off, MTU-sized frames
     with full checksums."""
     if (why := unavailable_reason()) is not None:
+        pytest.skip(why)
+    if path == "factored-uring" and (why := uring.supported()) is not None:
         pytest.skip(why)
     with veth_pair() as veth:
         offload = "all" if request.param == "offloads" else "none"

@@ -12,11 +12,21 @@ import re
 import textwrap
 from ipaddress import IPv4Interface
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
+from guest.stack.factored import LINKS
 from host import config as config_module
-from host.config import ALLOWED_PATHS, ConfigError, ConfigProblem, LabConfig, load_lab, parse_lab
+from host.config import (
+    ALLOWED_PATHS,
+    ConfigError,
+    ConfigProblem,
+    LabConfig,
+    StackOptions,
+    load_lab,
+    parse_lab,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKEN_DIR = ROOT / "tests" / "configs" / "broken"
@@ -118,6 +128,8 @@ def test_default_config_resolves() -> None:
         "mono-rr": ("rr", "mono", "a", "b", "a-b", 5.0),
         "factored-stream": ("stream", "factored", "a", "b", "a-b", 10.0),
         "factored-rr": ("rr", "factored", "a", "b", "a-b", 5.0),
+        "factored-shared-stream": ("stream", "factored", "a", "b", "a-b", 10.0),
+        "factored-shared-rr": ("rr", "factored", "a", "b", "a-b", 5.0),
         "factored-copy-stream": ("stream", "factored", "a", "b", "a-b", 10.0),
         "factored-copy-rr": ("rr", "factored", "a", "b", "a-b", 5.0),
         "iperf3": ("iperf3", "kernel", "a", "b", "a-b", 10.0),
@@ -127,12 +139,22 @@ def test_default_config_resolves() -> None:
     assert (rr.req_size, rr.resp_size, rr.msg_size) == (64, 64, None)
     links = {e.name: e.stack.link for e in lab.experiments if e.path == "factored"}
     assert links == {
-        "factored-stream": "shared",
-        "factored-rr": "shared",
+        "factored-stream": "uring",
+        "factored-rr": "uring",
+        "factored-shared-stream": "shared",
+        "factored-shared-rr": "shared",
         "factored-copy-stream": "copy",
         "factored-copy-rr": "copy",
     }
     assert lab.experiment("kernel-stream").msg_size == 65536
+
+
+def test_the_lab_file_knows_the_factored_stacks_boundaries() -> None:
+    """`stack: {link: ...}` is checked on the host against a Literal; the guest's launcher
+    defines the boundaries (`LINKS`, the default first). They must not drift apart."""
+    field = StackOptions.model_fields["link"]
+    assert get_args(field.annotation) == LINKS
+    assert field.default == LINKS[0]
 
 
 def test_to_dict_is_json_and_resolved(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,6 +40,7 @@ from guest.stack.factored.sandbox import (
     FIONBIO,
     POLICIES,
     PROTOCOL,
+    PROTOCOL_URING,
     SECCOMP_RET_ALLOW,
     SECCOMP_RET_ERRNO,
     SECCOMP_RET_KILL_PROCESS,
@@ -64,6 +65,7 @@ DENIED = [
     "socket", "socketpair", "connect", "bind", "listen", "open", "openat", "openat2", "creat",
     "ptrace", "process_vm_readv", "process_vm_writev", "execve", "execveat", "clone", "clone3",
     "fork", "vfork", "kill", "tgkill", "setuid", "setresuid", "mount", "unshare",
+    "io_uring_setup", "io_uring_register",
 ]  # fmt: skip
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -148,6 +150,21 @@ def test_policies_deny_what_they_must() -> None:
     assert "memfd_create" in PROTOCOL.allow
     assert "memfd_create" not in DRIVER.allow
     assert "memfd_create" not in APP.allow
+
+
+def test_the_protocol_domain_maps_nothing_at_an_offset() -> None:
+    """The send-only io_uring's submission entries are at offset 0x10000000 of its fd: the
+    protocol domain must not map them (`MAP_FROM_START`), whatever the upper half says."""
+    mmap_nr, deny = SYSCALLS["mmap"], SECCOMP_RET_ERRNO | errno.EPERM
+    for policy in (PROTOCOL, PROTOCOL_URING):
+        program = build_filter(policy.allow, rules=policy.rules)
+        assert run_filter(program, mmap_nr, args=(0, 4096, 3, 1, 5, 0)) == SECCOMP_RET_ALLOW
+        for offset in (0x10000000, 1 << 32 | 0x10000000, 4096):
+            assert run_filter(program, mmap_nr, args=(0, 4096, 3, 1, 5, offset)) == deny
+    enter = SYSCALLS["io_uring_enter"]
+    assert run_filter(build_filter(PROTOCOL_URING.allow), enter) == SECCOMP_RET_ALLOW
+    for policy in (DRIVER, PROTOCOL, APP):
+        assert "io_uring_enter" not in policy.allow, policy.name
 
 
 HEADER = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")

@@ -18,7 +18,7 @@ import pytest
 
 from guest.stack.device import abi
 from guest.stack.device.ring import RingGeometry, RingLayout
-from guest.stack.factored.shared import SharedRingDevice
+from guest.stack.factored.shared import DriverDoorbell, SharedRingDevice
 
 SLOTS = 8
 FRAME = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + bytes(50)
@@ -64,7 +64,9 @@ def device() -> Iterator[tuple[SharedRingDevice, int]]:
     mm = mmap.mmap(-1, layout.size)
     bell = os.eventfd(0, os.EFD_NONBLOCK)
     epoll = select.epoll()
-    dev = SharedRingDevice(layout, memoryview(mm), os.dup(epoll.fileno()), os.dup(bell))
+    dev = SharedRingDevice(
+        layout, memoryview(mm), os.dup(epoll.fileno()), DriverDoorbell(os.dup(bell))
+    )
     yield dev, bell
     dev.close()
     epoll.close()

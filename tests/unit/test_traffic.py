@@ -355,9 +355,9 @@ def test_parse_proc_stat() -> None:
 @pytest.mark.parametrize(
     ("extra", "launcher_args"),
     [
-        ([], ["--link", "shared"]),
+        ([], ["--link", "uring"]),
         (["--stack-link", "copy"], ["--link", "copy"]),
-        (["--no-confine-stack"], ["--link", "shared", "--no-confine"]),
+        (["--no-confine-stack"], ["--link", "uring", "--no-confine"]),
     ],
 )
 def test_factored_stack_options_reach_the_launcher(

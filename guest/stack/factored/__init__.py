@@ -20,4 +20,7 @@ inside the protocol domain), `bench_link` (what one crossing of the copy link co
 """
 
 #: The driver<->protocol boundaries (`--link`), the default first.
-LINKS = ("shared", "copy")
+LINKS = ("uring", "shared", "copy")
+#: The boundaries over the kernel's own rings (`shared.py`), which differ only in how the
+#: protocol domain asks for transmission: ringing the driver, or a send-only io_uring.
+SHARED_LINKS = ("uring", "shared")

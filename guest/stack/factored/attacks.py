@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from guest.stack.session.server import SessionServer
 
+from . import uring
 from .link import LinkEnd
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -33,7 +34,14 @@ _LIBC.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c
 _LIBC.ptrace.restype = ctypes.c_long
 _LIBC.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 _LIBC.mprotect.restype = ctypes.c_int
+_LIBC.mmap.argtypes = (
+    ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long
+)  # fmt: skip
+_LIBC.mmap.restype = ctypes.c_void_p
+_LIBC.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_LIBC.syscall.restype = ctypes.c_long
 PTRACE_ATTACH = 16
+IORING_REGISTER_FILES_UPDATE = 6
 
 
 class Succeeded(Exception):
@@ -71,12 +79,19 @@ def _write_view(view: memoryview, what: str) -> None:
 class Attacks:
     """The attacks, against the domain's live state: its link end (`--link copy`; None with
     shared rings, where the driver domain has no memory the protocol domain sees), its session
-    server, and the driver domain's pid."""
+    server, the driver domain's pid, and its send-only io_uring (`--link uring`, else None)."""
 
-    def __init__(self, end: LinkEnd | None, server: SessionServer, driver_pid: int):
+    def __init__(
+        self,
+        end: LinkEnd | None,
+        server: SessionServer,
+        driver_pid: int,
+        ring: uring.UringTransmit | None = None,
+    ):
         self.end = end
         self.server = server
         self.driver_pid = driver_pid
+        self.ring = ring
         self.own_inode = end.own_inode if end is not None else None
 
     def open_socket(self) -> None:
@@ -134,6 +149,40 @@ class Attacks:
                 _write_view(region.view, "an application's TX ring")
             _mprotect_writable(region.view, "an application's TX ring")
 
+    def create_uring(self) -> None:
+        """A ring of its own: io_uring operations run without passing the seccomp filter, so an
+        unrestricted ring would open files and sockets past it."""
+        params = ctypes.create_string_buffer(120)
+        fd = _LIBC.syscall(uring.SYS_IO_URING_SETUP, 8, params)
+        if fd >= 0:
+            os.close(fd)
+        _libc_call(-1 if fd < 0 else fd, "io_uring_setup")
+
+    def register_on_uring(self) -> None:
+        """Swap the ring's one file (the packet socket) for another of the domain's fds: the
+        kernel's restrictions refuse every register operation, and seccomp the syscall."""
+        assert self.ring is not None
+        fds = (ctypes.c_int * 1)(2)  # stderr in slot 0
+        update = (ctypes.c_uint64 * 2)(0, ctypes.addressof(fds))  # io_uring_rsrc_update
+        result = _LIBC.syscall(
+            uring.SYS_IO_URING_REGISTER, self.ring.fd, IORING_REGISTER_FILES_UPDATE, update, 1
+        )
+        _libc_call(result, "io_uring_register(FILES_UPDATE)")
+
+    def map_uring_entries(self) -> None:
+        """Map the ring's submission entries writable, to rewrite the one send the launcher
+        wrote (e.g. with a destination address on another interface)."""
+        assert self.ring is not None
+        size = uring.ENTRIES * 64
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        for offset in (uring.IORING_OFF_SQES, 1 << 32 | uring.IORING_OFF_SQES):
+            addr = _LIBC.mmap(None, size, prot, mmap.MAP_SHARED, self.ring.fd, offset)
+            if addr not in (None, ctypes.c_void_p(-1).value):
+                _LIBC.munmap(addr, size)
+                raise Succeeded(f"mapped the ring's submission entries writable (at {offset:#x})")
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap of the ring's submission entries: {os.strerror(err)}")
+
     def remap_fds_writable(self) -> None:
         """Map every regular file this domain holds writable and shared, but its own region."""
         tried: list[str] = []
@@ -173,9 +222,13 @@ class Attacks:
             "spawn_process": self.spawn_process,
             "write_session_rings": self.write_session_rings,
             "remap_fds_writable": self.remap_fds_writable,
+            "create_uring": self.create_uring,
         }
         if self.end is not None:
             attacks["write_driver_ring"] = self.write_driver_ring
+        if self.ring is not None:
+            attacks["register_on_uring"] = self.register_on_uring
+            attacks["map_uring_entries"] = self.map_uring_entries
         for name, attack in attacks.items():
             try:
                 attack()

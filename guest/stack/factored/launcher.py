@@ -56,12 +56,13 @@ from guest.stack.mono import (
 )
 from guest.stack.nic import Offloads
 
-from . import LINKS, sandbox
+from . import LINKS, SHARED_LINKS, sandbox
 from .attacks import Attacks
 from .driver import DriverPump
 from .link import DRIVER, PROTOCOL, SUPER_FRAME, FrameLink, LinkGeometry
-from .shared import Kicker, SharedNic, SharedRingDevice
+from .shared import DriverDoorbell, Kicker, SharedNic, SharedRingDevice, Transmitter
 from .shmdev import ShmDevice
+from .uring import SendRing, UringTransmit
 
 #: Default uids (and gids) of the domains: unused system ids, no passwd entry needed.
 DRIVER_UID = 64901
@@ -187,10 +188,10 @@ def _fork_domain(role: str, body: Callable[[int], None], keep: list[int]) -> Dom
         os._exit(code)
 
 
-def _confine(role: str, uid: int, confine: bool) -> dict:
+def _confine(policy: str, uid: int, confine: bool) -> dict:
     if not confine:
         return {"confined": False}
-    return {"confined": True, **sandbox.confine(uid, uid, sandbox.POLICIES[role])}
+    return {"confined": True, **sandbox.confine(uid, uid, sandbox.POLICIES[policy])}
 
 
 def _report_driver_ready(status: int, nic: Device | RingLayout, info: dict) -> None:
@@ -250,19 +251,24 @@ def _protocol_body(
         sp = StackProcess(dev, args.offload, args.addr, path, args.gateway, args.linger)
         signal.signal(signal.SIGTERM, sp.stop)
         end = dev.end if isinstance(dev, ShmDevice) else None
+        transmit = dev.transmit if isinstance(dev, SharedRingDevice) else None
+        ring = transmit if isinstance(transmit, UringTransmit) else None
         if args.attackable:
-            attacks = Attacks(end, sp.server, driver_pid)
+            attacks = Attacks(end, sp.server, driver_pid, ring)
 
             def attack(*_args) -> None:
                 _report(status, "attacks", domain=PROTOCOL, results=attacks.run_all())
 
             signal.signal(signal.SIGUSR1, attack)
-        info = _confine(PROTOCOL, args.protocol_uid, args.confine)
+        policy = "protocol-uring" if ring is not None else PROTOCOL
+        info = _confine(policy, args.protocol_uid, args.confine)
         _report(status, "ready", domain=PROTOCOL, pid=os.getpid(), **info)
         sp.run()
         stats = sp.stats()
         if end is not None:
             stats["bells"] = asdict(end.stats)
+        if transmit is not None and transmit.stats is not None:
+            stats["transmit"] = asdict(transmit.stats)
         _report(status, "stopped", domain=PROTOCOL, stats=stats)
 
     return body
@@ -288,10 +294,10 @@ class Launcher:
         args = self.args
         if args.confine and (why := sandbox.supported()) is not None:
             raise LaunchError(f"cannot confine the domains: {why} (or pass --no-confine)")
-        if args.link == "shared" and args.device == "packet":
-            raise LaunchError("--link shared needs a ring device (or pass --link copy)")
+        if args.link in SHARED_LINKS and args.device == "packet":
+            raise LaunchError(f"--link {args.link} needs a ring device (or pass --link copy)")
         self.takeover = take_over(args.iface, args.offload.features)
-        if args.link == "shared":
+        if args.link in SHARED_LINKS:
             self._start_shared()
         else:
             self._start_copy()
@@ -308,25 +314,47 @@ class Launcher:
         }
 
     def _start_shared(self) -> None:
-        """The kernel's rings shared with the protocol domain (`shared.py`)."""
+        """The kernel's rings shared with the protocol domain (`shared.py`), which asks for
+        transmission by ringing the driver (`shared`) or through a send-only io_uring
+        (`uring`, `uring.py`)."""
         args = self.args
         version = 3 if args.device == "ring-v3" else 2
         nic = SharedNic(args.iface, version, args.offload.vnet_hdr)
+        ring: SendRing | None = None
         try:
+            if args.link == "uring":
+                try:  # holds the socket: made before any fork
+                    ring = SendRing(nic.sock.fileno())
+                except OSError as exc:
+                    raise LaunchError(
+                        f"--link uring: no send-only io_uring on this kernel ({exc}); "
+                        "pass --link shared"
+                    ) from exc
             self._start_domain(DRIVER, _kicker_body(args, nic), nic.driver_fds())
-            view = nic.map_rings()  # after the driver's fork: only the protocol inherits it
-            keep = nic.protocol_fds()
-            epoll_fd, bell = keep
+            # Mapped after the driver's fork: only the protocol domain inherits the mappings.
+            view = nic.map_rings()
+            queues = ring.map_queues() if ring is not None else None
+            epoll_fd = nic.protocol_fds()[0]
+            keep = [epoll_fd, ring.fd if ring is not None else nic.bell]
 
             def device() -> Device:
-                return SharedRingDevice(nic.layout, view, epoll_fd, bell)
+                transmit: Transmitter
+                if ring is not None and queues is not None:
+                    transmit = UringTransmit(ring.fd, ring.layout, queues)
+                else:
+                    transmit = DriverDoorbell(nic.bell)
+                return SharedRingDevice(nic.layout, view, epoll_fd, transmit)
 
             driver_pid = int(self.ready[DRIVER]["pid"])
             body = _protocol_body(args, device, driver_pid, self.path)
             self._start_domain(PROTOCOL, body, keep)
             del device
-            view.release()  # this process's view: the launcher keeps no mapping
+            view.release()  # this process's views: the launcher keeps no mapping
+            if queues is not None:
+                queues.release()
         finally:
+            if ring is not None:
+                ring.close()
             nic.close()
 
     def _start_copy(self) -> None:
@@ -398,16 +426,20 @@ class Launcher:
                 stats[role] = line["stats"]
             domain.reap(5.0)
         proto, drv = stats.get(PROTOCOL, {}), stats.get(DRIVER, {})
-        if self.args.link == "shared":
+        if self.args.link in SHARED_LINKS:
             # One device seen from two domains: the protocol's counters, the kernel's drops
             # (which only the driver can read). The driver's counters say how often it was
-            # rung (wakeups) and how many send() calls it made (kicks).
+            # rung (wakeups) and how many send() calls it made (kicks); over `uring` it is
+            # never rung, and the protocol domain counts its own submissions (transmit).
             device = {**(proto.get("device") or {}), **(drv.get("device") or {})}
+            link = {"mode": self.args.link, "driver": drv.get("kicker")}
+            if "transmit" in proto:
+                link["transmit"] = proto["transmit"]
             return {
                 "stack": proto.get("stack"),
                 "nic": proto.get("nic"),
                 "device": device,
-                "link": {"mode": "shared", "driver": drv.get("kicker")},
+                "link": link,
             }
         return {
             "stack": proto.get("stack"),
@@ -444,10 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--link",
         choices=LINKS,
-        default="shared",
+        default=LINKS[0],
         help="driver<->protocol boundary: the kernel's packet rings shared with the protocol "
-        "domain, the driver making the transmit syscall (default); or every frame copied "
-        "through rings between the domains",
+        "domain, which rings the driver to transmit ('shared') or submits sends on a send-only "
+        "io_uring ('uring'); or every frame copied through rings between the domains ('copy')",
     )
     ap.add_argument(
         "--no-confine",

@@ -163,6 +163,9 @@ SYSCALLS: Final[dict[str, int]] = {
     "statx": 332,
     "rseq": 334,
     "pidfd_open": 434,
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
     "clone3": 435,
     "openat2": 437,
     "pidfd_getfd": 438,
@@ -225,6 +228,16 @@ NONBLOCKING: Final = ArgRule("ioctl", 1, frozenset({FIONBIO}))
 NO_WRITE_GRANT: Final = ArgRule(
     "mprotect", 2, frozenset({0, mmap.PROT_READ, mmap.PROT_EXEC, mmap.PROT_READ | mmap.PROT_EXEC})
 )
+
+
+#: `mmap` only at offset 0: all a domain maps once confined is anonymous memory and whole shared
+#: regions. It matters to the protocol domain over `--link uring`, which holds an io_uring fd:
+#: the ring's submission entries, written by the launcher, live at offset IORING_OFF_SQES
+#: (0x10000000) of that fd, and a domain that could map them writable could rewrite the one
+#: operation it may submit (`uring.py`). The offset is an unsigned long and only its low 32 bits
+#: are compared: sound here because io_uring decodes an offset by its bits 27..31 alone (the
+#: other bits are ignored or refused), so no offset with zero low bits reaches the entries.
+MAP_FROM_START: Final = ArgRule("mmap", 5, frozenset({0}))
 
 
 def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
@@ -421,12 +434,12 @@ DRIVER: Final = Policy(
 #: region pair and three eventfd doorbells per application socket (`session.channel`).
 PROTOCOL: Final = Policy(
     "protocol",
-    BASE
+    BASE - {"mmap"}
     | {
         "accept4", "accept", "sendmsg", "recvmsg", "sendto", "recvfrom", "getsockopt",
         "shutdown", "memfd_create", "ftruncate", "eventfd2",
     },
-    (NONBLOCKING, NO_WRITE_GRANT),
+    (NONBLOCKING, NO_WRITE_GRANT, MAP_FROM_START),
 )  # fmt: skip
 #: An application talking to the protocol domain over its session socket.
 APP: Final = Policy(
@@ -434,7 +447,18 @@ APP: Final = Policy(
     BASE | {"sendmsg", "recvmsg", "sendto", "recvfrom", "shutdown", "getsockopt"},
     (NONBLOCKING, NO_WRITE_GRANT),
 )
-POLICIES: Final[dict[str, Policy]] = {"driver": DRIVER, "protocol": PROTOCOL, "app": APP}
+#: The protocol domain over `--link uring`: `PROTOCOL` plus `io_uring_enter` on the send-only
+#: ring the launcher made (`io_uring_setup` and `io_uring_register` stay denied: a ring of its
+#: own would run operations this filter never sees).
+PROTOCOL_URING: Final = Policy(
+    "protocol-uring", PROTOCOL.allow | {"io_uring_enter"}, PROTOCOL.rules
+)
+POLICIES: Final[dict[str, Policy]] = {
+    "driver": DRIVER,
+    "protocol": PROTOCOL,
+    "protocol-uring": PROTOCOL_URING,
+    "app": APP,
+}
 
 
 def confine(uid: int, gid: int, policy: Policy) -> dict[str, object]:

@@ -32,6 +32,7 @@ import os
 import select
 import socket
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from guest.stack.device import abi
 from guest.stack.device.ring import RingDevice, RingLayout, open_ring_socket
@@ -79,23 +80,53 @@ class SharedNic:
         self.sock.close()
 
 
+class DriverDoorbell:
+    """Transmit by ringing the driver domain's eventfd: `Kicker` makes the `send()` (`--link
+    shared`). The alternative, `uring.UringTransmit`, has the kernel do it (`--link uring`)."""
+
+    stats = None  # the driver domain counts the rings (`KickerStats`)
+
+    def __init__(self, bell: int) -> None:
+        self.fd = bell
+
+    def request(self) -> None:
+        os.eventfd_write(self.fd, 1)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Transmitter(Protocol):
+    """How the protocol domain gets the kernel to take the TX slots it requested."""
+
+    stats: Any
+
+    def request(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class SharedRingDevice(RingDevice):
     """The protocol domain's NIC: the kernel's rings, mapped, without the socket.
 
     Everything the monolithic stack's `RingDevice` does on the rings is inherited unchanged;
-    only what needs the socket differs: readiness comes from the epoll fd, and `flush` rings
-    the driver instead of calling `send()`. What the kernel took is read from the slots, as
-    with a local ring: `tx_pending` counts the frames still requested, and the stack's loop
-    flushes (rings) again while any are. The driver cannot tell that itself: a `send()` that
-    stops part-way (socket buffer full mid-ring) returns success, and without a new ring the
-    rest would wait for ever once the ring is full of them.
+    only what needs the socket differs: readiness comes from the epoll fd, and `flush` asks
+    `transmit` (the driver's doorbell, or the send-only io_uring) instead of calling `send()`.
+    What the kernel took is read from the slots, as with a local ring: `tx_pending` counts the
+    frames still requested, and the stack's loop flushes again while any are. The driver cannot
+    tell that itself: a `send()` that stops part-way (socket buffer full mid-ring) returns
+    success, and without a new request the rest would wait for ever once the ring is full.
     """
 
-    def __init__(self, layout: RingLayout, view: memoryview, epoll_fd: int, bell: int) -> None:
+    def __init__(
+        self, layout: RingLayout, view: memoryview, epoll_fd: int, transmit: Transmitter
+    ) -> None:
         self._sock = None  # never: the driver domain holds it
         self._mmap = None
         self._epoll_fd = epoll_fd
-        self._bell = bell
+        self.transmit = transmit
         self._adopt(layout, view)
 
     def fileno(self) -> int:
@@ -105,7 +136,7 @@ class SharedRingDevice(RingDevice):
         """The kernel's drop counters need the socket: the driver reports them."""
 
     def _request_transmit(self) -> None:
-        os.eventfd_write(self._bell, 1)  # the driver makes the send() (`Kicker`)
+        self.transmit.request()
 
     def owns(self, frame: memoryview) -> bool:
         return self._view is not None and frame.obj is self._view.obj
@@ -120,9 +151,9 @@ class SharedRingDevice(RingDevice):
         self._release()
         self._closed = True
         self._view.release()  # the mapping goes with the last view (shm.map_shared)
-        for fd in (self._epoll_fd, self._bell):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with contextlib.suppress(OSError):
+            os.close(self._epoll_fd)
+        self.transmit.close()
 
 
 @dataclass(slots=True)

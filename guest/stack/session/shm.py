@@ -189,7 +189,7 @@ class _Unmapper:
         munmap(self.addr, self.size)
 
 
-def map_shared(fd: int, size: int, *, writable: bool = False) -> memoryview:
+def map_shared(fd: int, size: int, *, writable: bool = False, offset: int = 0) -> memoryview:
     """A shared mapping of `fd` that keeps no fd of its own (`PROT_READ`, or read and write).
 
     Python's `mmap.mmap` keeps a dup of the fd it maps, for its whole life. For a region the
@@ -199,10 +199,11 @@ def map_shared(fd: int, size: int, *, writable: bool = False) -> memoryview:
     write a read-only mapping is `mprotect`, which the domains' seccomp filter allows for
     read/exec only. For the same reason the protocol domain maps the kernel's packet rings
     here: it keeps the rings and not the packet socket behind them. The mapping lives as long
-    as any view of it: the ctypes array behind the views holds the `_Unmapper`.
+    as any view of it: the ctypes array behind the views holds the `_Unmapper`. `offset`
+    selects what to map of an fd that multiplexes several regions (an io_uring's rings).
     """
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-    addr = _mmap(None, size, prot, mmap.MAP_SHARED, fd, 0)
+    addr = _mmap(None, size, prot, mmap.MAP_SHARED, fd, offset)
     if addr in (None, _MAP_FAILED):
         err = ctypes.get_errno()
         raise OSError(err, f"mmap of a shared region failed: {os.strerror(err)}")
