@@ -7,10 +7,14 @@ processes, clients of the protocol domain through the session boundary (`session
 confined domains too when the traffic tool runs them (`guest.traffic.appdomain`). Each domain
 runs under its own uid, without capabilities, with no_new_privs and a seccomp allowlist.
 
-Two driver<->protocol boundaries, chosen with `--link`:
-* `shared` (default): the kernel's packet rings shared with the protocol domain, which works in
-  them in place; the driver domain keeps the socket and makes the transmit syscall when rung
-  (`shared`: `SharedNic`, `SharedRingDevice`, `Kicker`);
+Three driver<->protocol boundaries, chosen with `--link`:
+* `uring` (default): the kernel's packet rings shared with the protocol domain, which works in
+  them in place and starts transmission itself through a send-only io_uring the launcher built
+  over the driver's socket (`uring`: `SendRing`, `UringTransmit`): no wakeup of another domain
+  on the data path at all, and still no socket in the protocol domain;
+* `shared`: the same rings, but the protocol domain rings the driver domain, which makes the
+  transmit syscall (`shared`: `SharedNic`, `SharedRingDevice`, `DriverDoorbell`, `Kicker`):
+  EROS's cut, one wakeup of the driver per transmitted batch;
 * `copy`: frames copied through rings of their own between the domains (`link`, the rings;
   `shmdev`, the protocol domain's device over them; `driver`, the driver domain's pump).
 

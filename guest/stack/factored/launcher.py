@@ -6,17 +6,23 @@ monolithic stack does, split into protection domains after the EROS design
 
 1. takes the NIC from the kernel (`device.setup.take_over`, root only);
 2. sets up the driver<->protocol boundary (`--link`):
-   * `shared` (default, `shared.py`): opens the packet socket with its PACKET_MMAP rings, an
-     epoll fd watching it and the driver's eventfd doorbell;
+   * `uring` (default) and `shared` (`shared.py`): opens the packet socket with its
+     PACKET_MMAP rings, an epoll fd watching it and the driver's eventfd doorbell; for
+     `uring`, also the send-only io_uring over the socket (`uring.py`), restricted and
+     enabled before anything is forked;
    * `copy` (`link.py`): two sealed memfds of frame rings and two eventfd doorbells;
-3. forks the **driver domain**, which keeps the packet socket (`shared`: the launcher's;
-   `copy`: it opens its own), then drops to its own uid with no capabilities, sets
+3. forks the **driver domain**, which keeps the packet socket (`uring`, `shared`: the
+   launcher's; `copy`: it opens its own), then drops to its own uid with no capabilities, sets
    no_new_privs and loads its seccomp allowlist (`sandbox.DRIVER`): from then on it can make
-   the NIC transmit (`shared.Kicker`) or move frames (`driver.DriverPump`) and nothing else;
+   the NIC transmit when rung (`shared.Kicker`; over `uring` nobody rings it, and it holds
+   the socket and reads the kernel's drop counters) or move frames (`driver.DriverPump`), and
+   nothing else;
 4. forks the **protocol domain**, which creates the applications' UNIX socket, builds the
    same `mono.StackProcess` the monolithic stack runs, over the kernel's rings mapped without
-   the socket (`shared.SharedRingDevice`) or over the link (`shmdev.ShmDevice`), and confines
-   itself likewise (`sandbox.PROTOCOL`: no sockets, no files, no ptrace, no processes);
+   the socket (`shared.SharedRingDevice`, transmitting through the io_uring or the driver's
+   doorbell) or over the link (`shmdev.ShmDevice`), and confines itself likewise
+   (`sandbox.PROTOCOL`, or `PROTOCOL_URING` with the ring: no sockets, no files, no ptrace,
+   no processes, no io_uring of its own);
 5. closes its own copies of everything and supervises: a domain that dies is reported
    (`{"event": "domain-died", ...}` on stdout, exit status 3) and the others are stopped, so a
    crashed protocol domain never leaves a half stack behind. Applications see their sessions

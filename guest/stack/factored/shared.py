@@ -1,5 +1,6 @@
-"""The factored stack's default boundary: the kernel's packet rings shared with the protocol
-domain, the packet socket left with the driver domain.
+"""The factored stack's boundary over the kernel's own packet rings (`--link uring`, the
+default, and `--link shared`): the rings shared with the protocol domain, the packet socket
+left with the driver domain.
 
 This is EROS's factoring (`shared/REFERENCE.md`) mapped onto Linux. The NIC's DMA buffers of
 that design are the PACKET_MMAP rings here; the driver domain owns the device (the AF_PACKET
@@ -10,10 +11,13 @@ buffers in place:
   `RingDevice` code of the monolithic stack) and sleeps on an epoll fd, made by the launcher,
   that watches the packet socket. Polling an epoll fd says only "a frame is ready": it cannot
   be used to send, bind or configure anything. So receiving costs no crossing at all.
-* **transmit**: the protocol domain fills TX slots in place, then rings the driver's eventfd
-  doorbell; the driver (`Kicker`) makes the one `send()` that hands every requested slot to
-  the kernel. That is the crossing the factored design pays per transmitted batch, where the
-  monolithic stack makes the syscall itself.
+* **transmit**: the protocol domain fills TX slots in place, then asks for them to be sent
+  (`Transmitter`). Over `shared` it rings the driver's eventfd doorbell (`DriverDoorbell`) and
+  the driver (`Kicker`) makes the one `send()` that hands every requested slot to the kernel:
+  the crossing EROS's design pays per transmitted batch, a wakeup of another process, where
+  the monolithic stack makes the syscall itself. Over `uring` it submits that same `send()`
+  on a ring that can do nothing else (`uring.py`), and the kernel runs it inline: the
+  protocol domain then pays what the monolithic stack pays, and the driver is never woken.
 
 The alternative boundary, `--link copy` (`link.py`, `driver.py`, `shmdev.py`), copies every
 frame through rings between the two domains, so the driver also sees and vets what crosses; it
@@ -21,8 +25,9 @@ costs a copy and two extra wakeups per frame batch, which the benchmark measures
 
 What a compromised protocol domain can do here: write garbage into the TX ring (the kernel
 checks every slot's length and format, and PACKET_LOSS skips what it refuses, as with any user
-of a TX ring) and corrupt RX slot status words (which loses only its own frames). It cannot
-reach the socket: the fd is never in its table once confined.
+of a TX ring), corrupt RX slot status words (which loses only its own frames), and ask for
+transmission (by either means: the same power). It cannot reach the socket: the fd is never
+in its table, so it cannot bind, configure, receive on or close it.
 """
 
 from __future__ import annotations
