@@ -234,7 +234,7 @@ class UringTransmit:
         q = self.layout
         words = self._words
         tail = self._tail
-        if tail - words[q.sq_head // 4] < q.sq_entries:  # else: unsubmitted ones remain
+        if (tail - words[q.sq_head // 4]) & 0xFFFFFFFF < q.sq_entries:  # else: some wait
             tail = (tail + 1) & 0xFFFFFFFF
             words[q.sq_tail // 4] = tail  # the entry itself was written by the launcher
             self._tail = tail
