@@ -25,6 +25,7 @@ import stat
 from collections.abc import Callable
 
 from guest.stack.session.server import SessionServer
+from guest.stack.session.shm import map_shared
 
 from . import uring
 from .link import LinkEnd
@@ -34,12 +35,6 @@ _LIBC.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c
 _LIBC.ptrace.restype = ctypes.c_long
 _LIBC.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 _LIBC.mprotect.restype = ctypes.c_int
-_LIBC.mmap.argtypes = (
-    ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long
-)  # fmt: skip
-_LIBC.mmap.restype = ctypes.c_void_p
-_LIBC.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-_LIBC.syscall.restype = ctypes.c_long
 PTRACE_ATTACH = 16
 IORING_REGISTER_FILES_UPDATE = 6
 
@@ -152,11 +147,9 @@ class Attacks:
     def create_uring(self) -> None:
         """A ring of its own: io_uring operations run without passing the seccomp filter, so an
         unrestricted ring would open files and sockets past it."""
-        params = ctypes.create_string_buffer(120)
-        fd = _LIBC.syscall(uring.SYS_IO_URING_SETUP, 8, params)
-        if fd >= 0:
-            os.close(fd)
-        _libc_call(-1 if fd < 0 else fd, "io_uring_setup")
+        fd, _ = uring.setup(8)
+        os.close(fd)
+        raise Succeeded(f"io_uring_setup returned {fd}")
 
     def register_on_uring(self) -> None:
         """Swap the ring's one file (the packet socket) for another of the domain's fds: the
@@ -164,24 +157,25 @@ class Attacks:
         assert self.ring is not None
         fds = (ctypes.c_int * 1)(2)  # stderr in slot 0
         update = (ctypes.c_uint64 * 2)(0, ctypes.addressof(fds))  # io_uring_rsrc_update
-        result = _LIBC.syscall(
-            uring.SYS_IO_URING_REGISTER, self.ring.fd, IORING_REGISTER_FILES_UPDATE, update, 1
-        )
-        _libc_call(result, "io_uring_register(FILES_UPDATE)")
+        uring.register(self.ring.fd, IORING_REGISTER_FILES_UPDATE, update, 1, "FILES_UPDATE")
+        raise Succeeded("io_uring_register(FILES_UPDATE) swapped the ring's socket")
 
     def map_uring_entries(self) -> None:
         """Map the ring's submission entries writable, to rewrite the one send the launcher
         wrote (e.g. with a destination address on another interface)."""
         assert self.ring is not None
-        size = uring.ENTRIES * 64
-        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        denied: list[str] = []
+        err = 0
         for offset in (uring.IORING_OFF_SQES, 1 << 32 | uring.IORING_OFF_SQES):
-            addr = _LIBC.mmap(None, size, prot, mmap.MAP_SHARED, self.ring.fd, offset)
-            if addr not in (None, ctypes.c_void_p(-1).value):
-                _LIBC.munmap(addr, size)
-                raise Succeeded(f"mapped the ring's submission entries writable (at {offset:#x})")
-        err = ctypes.get_errno()
-        raise OSError(err, f"mmap of the ring's submission entries: {os.strerror(err)}")
+            try:
+                entries = map_shared(self.ring.fd, uring.ENTRIES * 64, writable=True, offset=offset)
+            except OSError as e:
+                err = e.errno or 0
+                denied.append(f"at {offset:#x}: {errno.errorcode.get(err, err)}")
+                continue
+            entries.release()
+            raise Succeeded(f"mapped the ring's submission entries writable (at {offset:#x})")
+        raise OSError(err, f"mmap of the ring's submission entries: {denied}")
 
     def remap_fds_writable(self) -> None:
         """Map every regular file this domain holds writable and shared, but its own region."""

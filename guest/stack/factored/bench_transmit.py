@@ -9,8 +9,9 @@ bytes queues one empty datagram, which the measuring side reads back), so the fi
 - **syscall**: the requesting process makes the `send()` itself (the monolithic stack);
 - **uring**: it submits the send on the send-only io_uring (`uring.py`, `--link uring`), which
   the kernel runs inline;
-- **driver**: it rings an eventfd and a second process, asleep on it, wakes and makes the
-  `send()` (`shared.Kicker`, `--link shared`): the price of waking another domain.
+- **driver**: it rings an eventfd and a second process running the driver domain's loop
+  (`shared.Kicker`, `--link shared`), asleep on it, wakes and makes the `send()`: the price
+  of waking another domain.
 
 Prints one JSON object (microseconds per transmission). No timed assertions: the test only
 checks that the figures exist and every transmission arrived.
@@ -21,12 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
+import signal
 import socket
 import sys
 import time
 from collections.abc import Callable
 
+from .shared import Kicker
 from .uring import SendRing, UringTransmit
 from .uring import supported as uring_supported
 
@@ -39,17 +41,6 @@ def _timed(request: Callable[[], None], peer: socket.socket, count: int) -> floa
         request()
         peer.recv(16)  # raises TimeoutError if the transmission was lost
     return (time.perf_counter() - t0) / count * 1e6
-
-
-def _driver(sock: socket.socket, bell: int) -> None:
-    """The driver domain's loop, reduced: sleep on the doorbell, then one send()."""
-    poller = select.poll()
-    poller.register(bell, select.POLLIN)
-    while True:
-        poller.poll()
-        if os.eventfd_read(bell) > 1 << 40:  # the stop signal
-            return
-        sock.send(b"", socket.MSG_DONTWAIT)
 
 
 def measure(count: int) -> dict:
@@ -71,19 +62,21 @@ def measure(count: int) -> dict:
         else:
             results["uring_us"] = None
             results["uring_unavailable"] = why
-        bell = os.eventfd(0)
+        bell = os.eventfd(0, os.EFD_NONBLOCK)
         pid = os.fork()
-        if pid == 0:
+        if pid == 0:  # the driver domain's own loop, unconfined
             code = 1
             try:
-                _driver(ours, bell)
+                kicker = Kicker(ours, bell)
+                signal.signal(signal.SIGTERM, kicker.stop)
+                kicker.run()
                 code = 0
             finally:
                 os._exit(code)
         try:
             results["driver_us"] = round(_timed(lambda: os.eventfd_write(bell, 1), peer, count), 1)
         finally:
-            os.eventfd_write(bell, 1 << 41)
+            os.kill(pid, signal.SIGTERM)
             os.waitpid(pid, 0)
             os.close(bell)
     finally:

@@ -340,8 +340,8 @@ class Launcher:
             # Mapped after the driver's fork: only the protocol domain inherits the mappings.
             view = nic.map_rings()
             queues = ring.map_queues() if ring is not None else None
-            epoll_fd = nic.protocol_fds()[0]
-            keep = [epoll_fd, ring.fd if ring is not None else nic.bell]
+            keep = nic.protocol_fds(ring.fd if ring is not None else nic.bell)
+            epoll_fd = keep[0]
 
             def device() -> Device:
                 transmit: Transmitter

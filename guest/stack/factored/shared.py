@@ -65,10 +65,11 @@ class SharedNic:
         """What the driver domain keeps: the socket and its doorbell."""
         return [self.sock.fileno(), self.bell]
 
-    def protocol_fds(self) -> list[int]:
-        """What the protocol domain keeps: the epoll fd and the driver's doorbell."""
+    def protocol_fds(self, transmit_fd: int) -> list[int]:
+        """What the protocol domain keeps: the epoll fd, then what it asks for transmission
+        with (the driver's doorbell, or the send-only io_uring's fd)."""
         assert self.epoll is not None
-        return [self.epoll.fileno(), self.bell]
+        return [self.epoll.fileno(), transmit_fd]
 
     def map_rings(self) -> memoryview:
         """Map the rings read-write through libc (no fd kept): fork the protocol domain after

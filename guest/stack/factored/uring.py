@@ -98,13 +98,26 @@ def _check(result: int, what: str) -> int:
     return result
 
 
+def setup(entries: int, flags: int = 0) -> tuple[int, bytes]:
+    """`io_uring_setup`: the new ring's fd and the `io_uring_params` the kernel filled in;
+    OSError (with the call's errno) if refused."""
+    params = ctypes.create_string_buffer(_PARAMS.size)
+    _PARAMS.pack_into(params, 0, entries, 0, flags, *[0] * 25)
+    fd = _check(_syscall(SYS_IO_URING_SETUP, entries, params), "io_uring_setup")
+    return fd, params.raw
+
+
+def register(fd: int, op: int, arg: object, nr: int, what: str) -> None:
+    """`io_uring_register(fd, op, arg, nr)`; OSError naming `what` if refused."""
+    _check(_syscall(SYS_IO_URING_REGISTER, fd, op, arg, nr), f"io_uring_register({what})")
+
+
 def supported() -> str | None:
     """None if this kernel gives io_uring to this process, else why not (tests skip on it)."""
-    params = ctypes.create_string_buffer(_PARAMS.size)
-    fd = _syscall(SYS_IO_URING_SETUP, 1, params)
-    if fd < 0:
-        err = ctypes.get_errno()
-        return f"io_uring_setup: {os.strerror(err)} (errno {err})"
+    try:
+        fd, _ = setup(1)
+    except OSError as exc:
+        return f"{exc.strerror} (errno {exc.errno})"
     os.close(fd)
     return None
 
@@ -147,11 +160,9 @@ class SendRing:
     """
 
     def __init__(self, sock_fd: int, entries: int = ENTRIES) -> None:
-        params = ctypes.create_string_buffer(_PARAMS.size)
-        _PARAMS.pack_into(params, 0, entries, 0, IORING_SETUP_R_DISABLED, *[0] * 25)
-        self.fd = _check(_syscall(SYS_IO_URING_SETUP, entries, params), "io_uring_setup")
+        self.fd, params = setup(entries, IORING_SETUP_R_DISABLED)
         try:
-            self.layout = QueueLayout.from_params(params.raw)
+            self.layout = QueueLayout.from_params(params)
             self._register(IORING_REGISTER_FILES, (ctypes.c_int * 1)(sock_fd), 1, "files")
             self._write_entries()
             rules = [
@@ -168,7 +179,7 @@ class SendRing:
             raise
 
     def _register(self, op: int, arg: object, nr: int, what: str) -> None:
-        _check(_syscall(SYS_IO_URING_REGISTER, self.fd, op, arg, nr), f"io_uring_register({what})")
+        register(self.fd, op, arg, nr, what)
 
     def _write_entries(self) -> None:
         """Every submission entry the same send, and the queue's index array the identity: the
@@ -225,21 +236,27 @@ class UringTransmit:
         self._queues = queues
         self._words = queues.cast("I")
         self._res = queues.cast("i")
-        self._tail = self._words[layout.sq_tail // 4]
-        self._cq_head = self._words[layout.cq_head // 4]
+        # Word indices into the mapping, computed once: `request` is on every flush.
+        self._sq_head = layout.sq_head // 4
+        self._sq_tail = layout.sq_tail // 4
+        self._cq_head_at = layout.cq_head // 4
+        self._cq_tail_at = layout.cq_tail // 4
+        self._cqe_res = (layout.cqes + _CQE_RES) // 4  # res of entry 0; entries are 4 words
+        self._tail = self._words[self._sq_tail]
+        self._cq_head = self._words[self._cq_head_at]
         self._cq_mask = self._words[layout.cq_mask // 4]
         self.stats = TransmitStats()
 
     def request(self) -> None:
-        q = self.layout
         words = self._words
         tail = self._tail
-        if (tail - words[q.sq_head // 4]) & 0xFFFFFFFF < q.sq_entries:  # else: some wait
+        head = words[self._sq_head]  # the kernel moves it only inside io_uring_enter
+        if (tail - head) & 0xFFFFFFFF < self.layout.sq_entries:  # else: some still wait
             tail = (tail + 1) & 0xFFFFFFFF
-            words[q.sq_tail // 4] = tail  # the entry itself was written by the launcher
+            words[self._sq_tail] = tail  # the entry itself was written by the launcher
             self._tail = tail
-        pending = (tail - words[q.sq_head // 4]) & 0xFFFFFFFF
         self.stats.submits += 1
+        pending = (tail - head) & 0xFFFFFFFF
         if _syscall(SYS_IO_URING_ENTER, self.fd, pending, 0, 0, None, 0) < 0:
             err = ctypes.get_errno()
             if err not in (errno.EINTR, errno.EAGAIN, errno.EBUSY):  # else: the next flush
@@ -247,19 +264,18 @@ class UringTransmit:
         self._reap()
 
     def _reap(self) -> None:
-        q = self.layout
-        words = self._words
+        words, res_of = self._words, self._res
         head = self._cq_head
-        tail = words[q.cq_tail // 4]
+        tail = words[self._cq_tail_at]
         while head != tail:
-            res = self._res[(q.cqes + _CQE_SIZE * (head & self._cq_mask) + _CQE_RES) // 4]
+            res = res_of[self._cqe_res + _CQE_SIZE // 4 * (head & self._cq_mask)]
             if res < 0:
                 if -res in (errno.EAGAIN, errno.ENOBUFS):
                     self.stats.no_room += 1
                 else:
                     self._error(f"send: {os.strerror(-res)}")
             head = (head + 1) & 0xFFFFFFFF
-        words[q.cq_head // 4] = head
+        words[self._cq_head_at] = head
         self._cq_head = head
 
     def _error(self, what: str) -> None:
