@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from guest.stack.tcp import Closed, PeerClosed, Reset, TcpConfig, TcpState, TcpStateError
-from tests.unit.test_tcp_helpers import PLAIN, SERVER_ISN, Pair, letters, open_client, seg
+from guest.stack.tcp import TcpClosed, TcpConfig, TcpPeerClosed, TcpReset, TcpState, TcpStateError
+from tests.unit.tcp_helpers import PLAIN, SERVER_ISN, Pair, letters, open_client, seg
 
 MSL = 30.0
 
@@ -24,18 +24,18 @@ def test_active_and_passive_close_through_time_wait() -> None:
     p.flush()
     assert p.a.state is TcpState.FIN_WAIT_2
     assert p.b.state is TcpState.CLOSE_WAIT
-    assert p.b.events() == [PeerClosed()] and p.b.at_eof
+    assert p.b.events() == [TcpPeerClosed()] and p.b.at_eof
     p.b.close()
     assert p.b.state is TcpState.LAST_ACK
     p.flush()
-    assert p.b.state is TcpState.CLOSED and p.b.events() == [Closed()]
+    assert p.b.state is TcpState.CLOSED and p.b.events() == [TcpClosed()]
     assert p.a.state is TcpState.TIME_WAIT
-    assert p.a.events() == [PeerClosed()]
+    assert p.a.events() == [TcpPeerClosed()]
     assert p.a.next_timeout() == pytest.approx(p.now + 2 * MSL)
     p.advance(2 * MSL - 0.001)
     assert p.a.state is TcpState.TIME_WAIT
     p.advance(0.001)
-    assert p.a.state is TcpState.CLOSED and p.a.events() == [Closed()]
+    assert p.a.state is TcpState.CLOSED and p.a.events() == [TcpClosed()]
     assert p.a.next_timeout() is None
 
 
@@ -135,17 +135,17 @@ def test_out_of_order_fin_waits_for_the_data_before_it() -> None:
     c.receive_segment(seg(base, c.snd_nxt, "A", payload=b"hello"), 0.0)
     assert c.recv() == b"helloworld"
     assert c.state is TcpState.CLOSE_WAIT
-    assert [type(e).__name__ for e in c.events()] == ["DataReceived", "PeerClosed"]
+    assert [type(e).__name__ for e in c.events()] == ["TcpDataReceived", "TcpPeerClosed"]
 
 
 def test_abort_sends_rst_and_peer_sees_reset() -> None:
     p = established()
     p.a.abort()
-    assert p.a.state is TcpState.CLOSED and p.a.events() == [Closed()]
+    assert p.a.state is TcpState.CLOSED and p.a.events() == [TcpClosed()]
     (rst,) = p.a.poll(0.0)
     assert letters(rst) == "R" and rst.seq == p.a.snd_nxt
     p.b.receive_segment(rst, 0.0)
-    assert p.b.events() == [Reset()]
+    assert p.b.events() == [TcpReset()]
     assert p.a.poll(1.0) == []
 
 

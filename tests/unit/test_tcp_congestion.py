@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from guest.stack.tcp import TcpConfig
 from guest.stack.tcp.congestion import CcAction, NewReno, initial_window
-from tests.unit.test_tcp_helpers import CLIENT_ISN, SERVER_ISN, open_client, seg
+from tests.unit.tcp_helpers import CLIENT_ISN, SERVER_ISN, open_client, seg
 
 MSS = 1000
 ISS = 0

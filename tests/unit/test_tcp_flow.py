@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from guest.stack.tcp import ConnectionFailed, SendSpaceAvailable, TcpConfig
-from tests.unit.test_tcp_helpers import (
+from guest.stack.tcp import TcpConfig, TcpConnectionFailed, TcpSendSpaceAvailable
+from tests.unit.tcp_helpers import (
     CLIENT_ISN,
     SERVER_ISN,
     Pair,
@@ -192,7 +192,7 @@ def test_send_buffer_backpressure_event() -> None:
     assert c.send_space == 0
     c.poll(0.0)
     c.receive_segment(seg(BASE, UNA + 1000), 0.05)
-    assert c.events() == [SendSpaceAvailable(1000)]
+    assert c.events() == [TcpSendSpaceAvailable(1000)]
     assert c.send(bytes(5000)) == 1000
 
 
@@ -216,7 +216,7 @@ def test_keepalive_probes_then_gives_up() -> None:
         now = c.next_timeout()
     (rst,) = c.poll(now)
     assert letters(rst) == "R"
-    assert c.events() == [ConnectionFailed("connection timed out (keep-alive)")]
+    assert c.events() == [TcpConnectionFailed("connection timed out (keep-alive)")]
 
 
 def test_keepalive_off_by_default() -> None:

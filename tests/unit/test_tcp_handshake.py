@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 
 from guest.stack.tcp import (
-    Connected,
-    ConnectionFailed,
-    Reset,
     TcpConfig,
+    TcpConnected,
     TcpConnection,
+    TcpConnectionFailed,
     TcpListener,
+    TcpReset,
     TcpState,
     TcpStateError,
 )
-from tests.unit.test_tcp_helpers import (
+from tests.unit.tcp_helpers import (
     CLIENT,
     CLIENT_ISN,
     PLAIN,
@@ -51,7 +51,7 @@ def test_active_open_three_way_handshake() -> None:
         1.02,
     )
     assert c.state is TcpState.ESTABLISHED
-    assert c.events() == [Connected()]
+    assert c.events() == [TcpConnected()]
     (ack,) = c.poll(1.02)
     assert letters(ack) == "A"
     assert (ack.seq, ack.ack) == (CLIENT_ISN + 1, SERVER_ISN + 1)
@@ -85,7 +85,7 @@ def test_passive_open_via_listener() -> None:
     assert syn_ack.timestamp == (1000, 77)
     conn.receive_segment(to_server(CLIENT_ISN + 1, SERVER_ISN + 1, "A", timestamp=(78, 1000)), 1.02)
     assert conn.state is TcpState.ESTABLISHED
-    assert conn.events() == [Connected()]
+    assert conn.events() == [TcpConnected()]
     assert lst.accept() is conn and lst.pending == 0
     assert conn.mss == 1200 - 12
     assert conn.poll(1.02) == []  # nothing to say after the handshake
@@ -139,7 +139,7 @@ def test_simultaneous_open() -> None:
     p.a.receive_segment(sa_b, 0.02)
     p.b.receive_segment(sa_a, 0.02)
     assert p.a.state is TcpState.ESTABLISHED and p.b.state is TcpState.ESTABLISHED
-    assert p.a.events() == [Connected()] and p.b.events() == [Connected()]
+    assert p.a.events() == [TcpConnected()] and p.b.events() == [TcpConnected()]
     p.now = 0.02
     p.a.send(b"ping")
     p.flush()
@@ -165,7 +165,7 @@ def test_rst_in_syn_sent() -> None:
     assert c.state is TcpState.SYN_SENT and c.poll(0.01) == []
     c.receive_segment(seg(0, CLIENT_ISN + 1, "RA"), 0.01)  # connection refused
     assert c.state is TcpState.CLOSED
-    assert c.events() == [Reset()]
+    assert c.events() == [TcpReset()]
 
 
 def test_syn_retransmission_backoff_and_give_up() -> None:
@@ -184,7 +184,7 @@ def test_syn_retransmission_backoff_and_give_up() -> None:
         now = t
     assert sent_at == [0.0, 1.0, 3.0, 7.0]
     assert now == 15.0
-    assert c.events() == [ConnectionFailed("connection timed out (SYN)")]
+    assert c.events() == [TcpConnectionFailed("connection timed out (SYN)")]
     assert c.stats.retransmits_timeout == 3
 
 
@@ -273,5 +273,5 @@ def test_close_in_syn_sent_and_api_misuse() -> None:
         c.connect()
     c.close()
     assert c.state is TcpState.CLOSED
-    assert [type(e).__name__ for e in c.events()] == ["Closed"]
+    assert [type(e).__name__ for e in c.events()] == ["TcpClosed"]
     assert c.poll(0.0) == []

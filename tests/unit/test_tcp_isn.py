@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from guest.stack.tcp import IsnGenerator, TcpListener, rfc6528_isn, timestamp_offset
-from tests.unit.test_tcp_helpers import CLIENT, SERVER, to_server
+from tests.unit.tcp_helpers import CLIENT, SERVER, to_server
 
 SECRET = b"0123456789abcdef"
 

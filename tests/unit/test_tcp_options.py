@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from guest.stack.tcp import TcpConfig, TcpState
 from guest.stack.tcp.options import window_shift_for
-from tests.unit.test_tcp_helpers import (
+from tests.unit.tcp_helpers import (
     CLIENT_ISN,
     SERVER_ISN,
     Pair,
@@ -89,7 +89,7 @@ def test_timestamps_reduce_payload_and_echo_ts_recent() -> None:
 
 def test_timestamp_offset_is_added() -> None:
     from guest.stack.tcp import TcpConnection
-    from tests.unit.test_tcp_helpers import CLIENT, SERVER
+    from tests.unit.tcp_helpers import CLIENT, SERVER
 
     c = TcpConnection(CLIENT, SERVER, TcpConfig(), isn=1, ts_offset=0xFFFFFFF0)
     c.connect()

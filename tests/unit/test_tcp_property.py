@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from guest.stack.tcp import TcpConfig, TcpConnection, TcpState
 from guest.stack.tcp.sim import LinkConfig, run_transfer
 from guest.stack.wire.tcp import TcpFlags, TcpRepr
-from tests.unit.test_tcp_helpers import PLAIN, Pair
+from tests.unit.tcp_helpers import PLAIN, Pair
 
 links = st.builds(
     LinkConfig,

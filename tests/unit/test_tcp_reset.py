@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from guest.stack.tcp import Closed, Reset, TcpConfig, TcpConnection, TcpState, reset_for
-from tests.unit.test_tcp_helpers import (
+from guest.stack.tcp import TcpClosed, TcpConfig, TcpConnection, TcpReset, TcpState, reset_for
+from tests.unit.tcp_helpers import (
     CLIENT,
     CLIENT_ISN,
     PLAIN,
@@ -103,13 +103,13 @@ def make_time_wait() -> Pair:
 
 
 STATES: dict[TcpState, tuple[Callable[[], Pair], type]] = {
-    TcpState.ESTABLISHED: (make_established, Reset),
-    TcpState.FIN_WAIT_1: (make_fin_wait_1, Reset),
-    TcpState.FIN_WAIT_2: (make_fin_wait_2, Reset),
-    TcpState.CLOSE_WAIT: (make_close_wait, Reset),
-    TcpState.CLOSING: (make_closing, Closed),
-    TcpState.LAST_ACK: (make_last_ack, Closed),
-    TcpState.TIME_WAIT: (make_time_wait, Closed),
+    TcpState.ESTABLISHED: (make_established, TcpReset),
+    TcpState.FIN_WAIT_1: (make_fin_wait_1, TcpReset),
+    TcpState.FIN_WAIT_2: (make_fin_wait_2, TcpReset),
+    TcpState.CLOSE_WAIT: (make_close_wait, TcpReset),
+    TcpState.CLOSING: (make_closing, TcpClosed),
+    TcpState.LAST_ACK: (make_last_ack, TcpClosed),
+    TcpState.TIME_WAIT: (make_time_wait, TcpClosed),
 }
 
 
@@ -164,7 +164,7 @@ def test_rst_in_syn_received_forgets_the_embryonic_connection() -> None:
     conn.poll(0.0)
     conn.receive_segment(to_server(CLIENT_ISN + 1, 0, "R"), 0.01)
     assert conn.state is TcpState.CLOSED
-    assert conn.events() == [Reset()]
+    assert conn.events() == [TcpReset()]
 
 
 def test_syn_in_established_draws_challenge_ack() -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from guest.stack.tcp import TcpConfig
 from guest.stack.tcp.rto import RtoEstimator
-from tests.unit.test_tcp_helpers import CLIENT_ISN, PLAIN, SERVER_ISN, letters, open_client, seg
+from tests.unit.tcp_helpers import CLIENT_ISN, PLAIN, SERVER_ISN, letters, open_client, seg
 
 
 def est(min_rto: float = 0.2, max_rto: float = 60.0) -> RtoEstimator:
@@ -97,7 +97,7 @@ def test_connection_backs_off_exponentially_and_gives_up() -> None:
     assert c.stats.retransmits_timeout == 4 and c.stats.timeouts == 4
     c.poll(c.next_timeout())  # fifth expiry: data_retries exhausted
     assert c.is_closed
-    assert type(c.events()[-1]).__name__ == "ConnectionFailed"
+    assert type(c.events()[-1]).__name__ == "TcpConnectionFailed"
 
 
 def test_new_ack_resets_backoff() -> None:
@@ -175,7 +175,7 @@ def test_timestamp_echo_older_than_retransmission_is_not_sampled() -> None:
 
 def test_syn_loss_sets_rto_to_three_seconds_without_sample() -> None:
     """RFC 6298 section 5.7."""
-    from tests.unit.test_tcp_helpers import client
+    from tests.unit.tcp_helpers import client
 
     c = client(PLAIN)
     c.connect()

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from guest.stack.tcp import Closed, TcpConfig
+from guest.stack.tcp import TcpClosed, TcpConfig
 from guest.stack.tcp.sim import LinkConfig, StreamApp, run_transfer
 
 MB = 1_000_000
@@ -36,7 +36,7 @@ def test_bidirectional_transfer_is_byte_identical(loss: float) -> None:
     assert r.completed
     assert r.server_received == up
     assert r.client_received == down
-    assert isinstance(r.client_events[-1], Closed) and isinstance(r.server_events[-1], Closed)
+    assert isinstance(r.client_events[-1], TcpClosed) and isinstance(r.server_events[-1], TcpClosed)
     cs, ss = r.client_stats, r.server_stats
     retransmits = (
         cs.retransmits_fast + cs.retransmits_timeout + ss.retransmits_fast + ss.retransmits_timeout
@@ -173,7 +173,7 @@ def test_throughput_figure(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_connect_to_a_closed_port_is_refused() -> None:
     """The host finds neither connection nor listener and answers the SYN with <RST,ACK>."""
-    from guest.stack.tcp import Reset
+    from guest.stack.tcp import TcpReset
     from guest.stack.tcp.sim import Simulator
 
     sim = Simulator(LinkConfig(delay=0.001))
@@ -182,7 +182,7 @@ def test_connect_to_a_closed_port_is_refused() -> None:
     app = StreamApp(b"hello")
     client.connect(1234, ("s", 9), app)
     sim.run(stop=lambda: app.done)
-    assert app.terminal == Reset()
+    assert app.terminal == TcpReset()
     assert server.resets_sent == 1
 
 

@@ -30,12 +30,18 @@ from typing import Final
 
 from guest.stack import tcp
 from guest.stack.tcp import (
-    DataReceived,
     IsnGenerator,
-    SendSpaceAvailable,
+    TcpClosed,
     TcpConfig,
+    TcpConnected,
     TcpConnection,
+    TcpConnectionFailed,
+    TcpDataReceived,
+    TcpEvent,
     TcpListener,
+    TcpPeerClosed,
+    TcpReset,
+    TcpSendSpaceAvailable,
     TcpState,
     reset_for,
 )
@@ -63,13 +69,6 @@ Key = tuple[int, int, int]  # (remote ip, remote port, local port)
 #: `emit(sock, segments, now)`: the stack turns segments into frames.
 EmitFunction = Callable[["TcpSocket", list[TcpRepr], float], None]
 
-# The connection-level events, named apart from the stack-level ones of the same name.
-TcpEvent = tcp.Event
-_T_CONNECTED = tcp.Connected
-_T_PEER_CLOSED = tcp.PeerClosed
-_T_CLOSED = tcp.Closed
-_T_RESET = tcp.Reset
-_T_FAILED = tcp.ConnectionFailed
 _CLOSED = TcpState.CLOSED
 _FIN_WAIT_2 = TcpState.FIN_WAIT_2
 
@@ -385,27 +384,27 @@ class TcpMux:
         if h is None:
             lst = sock.listener
             if lst is not None:  # waiting for accept
-                if type(ev) is _T_CONNECTED:
+                if type(ev) is TcpConnected:
                     self.events.append(Accepted(lst.handle))
                 else:
                     sock.early.append(ev)
             return  # orphans report to nobody
         kind = type(ev)
         events = self.events
-        if kind is DataReceived:
+        if kind is TcpDataReceived:
             events.readable(h)
-        elif kind is SendSpaceAvailable:
+        elif kind is TcpSendSpaceAvailable:
             events.append(Writable(h))
-        elif kind is _T_CONNECTED:
+        elif kind is TcpConnected:
             events.append(Connected(h))
-        elif kind is _T_PEER_CLOSED:
+        elif kind is TcpPeerClosed:
             events.append(PeerClosed(h))
-        elif kind is _T_CLOSED:
+        elif kind is TcpClosed:
             reason = sock.fail_reason
             events.append(ConnectionFailed(h, reason) if reason else Closed(h))
-        elif kind is _T_RESET:
+        elif kind is TcpReset:
             events.append(Reset(h))
-        elif kind is _T_FAILED:
+        elif kind is TcpConnectionFailed:
             events.append(ConnectionFailed(h, ev.reason))  # type: ignore[union-attr]
 
     def _forget(self, sock: TcpSocket) -> None:

@@ -8,16 +8,15 @@ tests and benchmarks) is imported explicitly by those who need it.
 from .config import TcpConfig
 from .connection import TcpConnection, TcpStateError
 from .events import (
-    TERMINAL_EVENTS,
-    Closed,
-    Connected,
-    ConnectionFailed,
-    DataReceived,
-    Error,
-    Event,
-    PeerClosed,
-    Reset,
-    SendSpaceAvailable,
+    TERMINAL_TCP_EVENTS,
+    TcpClosed,
+    TcpConnected,
+    TcpConnectionFailed,
+    TcpDataReceived,
+    TcpEvent,
+    TcpPeerClosed,
+    TcpReset,
+    TcpSendSpaceAvailable,
 )
 from .isn import IsnGenerator, rfc6528_isn, timestamp_offset
 from .listener import ListenResult, TcpListener
@@ -26,21 +25,20 @@ from .state import TcpState
 from .stats import TcpStats
 
 __all__ = [
-    "TERMINAL_EVENTS",
-    "Closed",
-    "Connected",
-    "ConnectionFailed",
-    "DataReceived",
-    "Error",
-    "Event",
+    "TERMINAL_TCP_EVENTS",
     "IsnGenerator",
     "ListenResult",
-    "PeerClosed",
-    "Reset",
-    "SendSpaceAvailable",
+    "TcpClosed",
     "TcpConfig",
+    "TcpConnected",
     "TcpConnection",
+    "TcpConnectionFailed",
+    "TcpDataReceived",
+    "TcpEvent",
     "TcpListener",
+    "TcpPeerClosed",
+    "TcpReset",
+    "TcpSendSpaceAvailable",
     "TcpState",
     "TcpStateError",
     "TcpStats",

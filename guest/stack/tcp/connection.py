@@ -23,14 +23,14 @@ from guest.stack.wire.tcp import TcpFlags, TcpRepr
 from .config import TcpConfig
 from .congestion import CcAction, NewReno
 from .events import (
-    Closed,
-    Connected,
-    ConnectionFailed,
-    DataReceived,
-    Event,
-    PeerClosed,
-    Reset,
-    SendSpaceAvailable,
+    TcpClosed,
+    TcpConnected,
+    TcpConnectionFailed,
+    TcpDataReceived,
+    TcpEvent,
+    TcpPeerClosed,
+    TcpReset,
+    TcpSendSpaceAvailable,
 )
 from .options import Negotiated, max_sack_blocks, negotiate, sack_option_space, window_shift_for
 from .recvbuf import ReceiveBuffer
@@ -92,7 +92,7 @@ class TcpConnection:
         self.state = TcpState.CLOSED
         self._passive = False
         self._opened = False
-        self._events: list[Event] = []
+        self._events: list[TcpEvent] = []
         self._stats = TcpStats()
 
         iss = isn & SEQ_MASK
@@ -221,7 +221,7 @@ class TcpConnection:
     def send(self, data: BytesLike) -> int:
         """Queue bytes for transmission; return how many the bounded buffer accepted.
 
-        Non-blocking: when fewer bytes than offered are taken, a `SendSpaceAvailable` event
+        Non-blocking: when fewer bytes than offered are taken, a `TcpSendSpaceAvailable` event
         follows once acknowledgments free space. Data queued before the handshake completes is
         sent after it (RFC 9293 section 3.10.2).
         """
@@ -235,7 +235,7 @@ class TcpConnection:
     def recv(self, max_bytes: int = -1) -> bytes:
         """Take up to `max_bytes` in-order received bytes (all when negative); b"" if none.
 
-        End of stream is reported by the `PeerClosed` event and `at_eof`, not by b"".
+        End of stream is reported by the `TcpPeerClosed` event and `at_eof`, not by b"".
         """
         data = self._rx.recv(max_bytes)
         if data:
@@ -256,7 +256,7 @@ class TcpConnection:
         """
         st = self.state
         if st is TcpState.SYN_SENT:
-            self._enter_closed(Closed())
+            self._enter_closed(TcpClosed())
         elif st in (TcpState.SYN_RECEIVED, TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
             if self._fin_seq is None:
                 self._fin_seq = self._tx_seq + len(self._tx)
@@ -280,9 +280,9 @@ class TcpConnection:
         ):
             self._ctl.append(self._bare(self._ack_seq(), 0, _RST))
         self._rx.clear()
-        self._enter_closed(Closed())
+        self._enter_closed(TcpClosed())
 
-    def events(self) -> list[Event]:
+    def events(self) -> list[TcpEvent]:
         """Drain the events produced since the last call."""
         ev = self._events
         self._events = []
@@ -302,7 +302,7 @@ class TcpConnection:
             self._check_keepalive(now, out)
         if self._timewait_deadline is not None and now >= self._timewait_deadline:
             self._timewait_deadline = None
-            self._enter_closed(Closed())
+            self._enter_closed(TcpClosed())
         if self._ctl:
             out.extend(self._ctl)
             self._ctl.clear()
@@ -421,7 +421,7 @@ class TcpConnection:
             ack_ok = True
         if flags & _RST:
             if ack_ok:
-                self._enter_closed(Reset())  # "error: connection reset" (refused)
+                self._enter_closed(TcpReset())  # "error: connection reset" (refused)
             return
         if not flags & _SYN:
             return
@@ -562,7 +562,7 @@ class TcpConnection:
         if flags & _SYN:
             if st is TcpState.SYN_RECEIVED and self._passive:
                 # "return this connection to the LISTEN state": the listener forgets it.
-                self._enter_closed(Reset())
+                self._enter_closed(TcpReset())
             else:
                 self._challenge_ack(now)
             return
@@ -646,7 +646,7 @@ class TcpConnection:
             elif st is TcpState.CLOSING:
                 self._enter_time_wait(now)
             elif st is TcpState.LAST_ACK:
-                self._enter_closed(Closed())
+                self._enter_closed(TcpClosed())
 
     def _take_sack(self, blocks: tuple[tuple[int, int], ...], ack: int) -> None:
         """Record SACK blocks (RFC 2018 section 5) relative to the new cumulative ACK."""
@@ -685,7 +685,7 @@ class TcpConnection:
             self._rtx_deadline = now + self._rto.rto
         if self._send_blocked and data_acked > 0:
             self._send_blocked = False
-            self._events.append(SendSpaceAvailable(self._tx.free))
+            self._events.append(TcpSendSpaceAvailable(self._tx.free))
 
     def _on_dup_ack(self) -> None:
         self._stats.dup_acks_in += 1
@@ -784,7 +784,7 @@ class TcpConnection:
                         if delivered:
                             self.rcv_nxt = rcv_nxt + delivered
                             self._stats.bytes_in += delivered
-                            self._events.append(DataReceived(delivered))
+                            self._events.append(TcpDataReceived(delivered))
                             if had_gap or not self.config.delayed_ack:
                                 self._ack_now = True  # filled a gap: ACK at once
                             elif psh and self.config.quickack_on_psh:
@@ -811,7 +811,7 @@ class TcpConnection:
         self.rcv_nxt += 1
         self._fin_received = True
         self._ack_now = True
-        self._events.append(PeerClosed())
+        self._events.append(TcpPeerClosed())
         st = self.state
         if st is _ESTABLISHED or st is TcpState.SYN_RECEIVED:
             self.state = TcpState.CLOSE_WAIT
@@ -849,10 +849,10 @@ class TcpConnection:
     def _reset_by_peer(self) -> None:
         st = self.state
         if st in (TcpState.CLOSING, TcpState.LAST_ACK, TcpState.TIME_WAIT):
-            self._enter_closed(Closed())
+            self._enter_closed(TcpClosed())
         else:
             self._rx.clear()
-            self._enter_closed(Reset())
+            self._enter_closed(TcpReset())
 
     def _challenge_ack(self, now: float) -> None:
         """RFC 5961 sections 3.2/4.2 challenge ACK, rate-limited per section 7."""
@@ -875,7 +875,7 @@ class TcpConnection:
             self._rto.set_base(max(self.config.rto_after_syn_loss, self._rto.base_rto))
         self._retries = 0
         self._syn_pending = False
-        self._events.append(Connected())
+        self._events.append(TcpConnected())
 
     def _enter_time_wait(self, now: float) -> None:
         """TIME-WAIT lasts 2*MSL (RFC 9293 section 3.4.2); only ACKs of FINs go out."""
@@ -885,7 +885,7 @@ class TcpConnection:
         self._rtx_head = False
         self._timewait_deadline = now + 2 * self.config.msl
 
-    def _enter_closed(self, event: Event) -> None:
+    def _enter_closed(self, event: TcpEvent) -> None:
         """Delete the TCB's activity and report the one terminal event."""
         if self.state is _CLOSED:
             return  # exactly one terminal event per connection
@@ -911,7 +911,7 @@ class TcpConnection:
         st = self.state
         if st is TcpState.SYN_SENT or st is TcpState.SYN_RECEIVED:
             if self._retries >= cfg.syn_retries:
-                self._enter_closed(ConnectionFailed("connection timed out (SYN)"))
+                self._enter_closed(TcpConnectionFailed("connection timed out (SYN)"))
                 return
             self._retries += 1
             self._rto.on_timeout()
@@ -924,7 +924,7 @@ class TcpConnection:
         if st not in TRANSMITTING or self.snd_max <= self.snd_una:
             return
         if self._retries >= cfg.data_retries:
-            self._enter_closed(ConnectionFailed("connection timed out (retransmissions)"))
+            self._enter_closed(TcpConnectionFailed("connection timed out (retransmissions)"))
             return
         self._stats.timeouts += 1
         self._cc.on_timeout(self.snd_max - self.snd_una, self.snd_max, self._retries == 0)
@@ -943,7 +943,7 @@ class TcpConnection:
         if self.state not in TRANSMITTING or self.snd_max > self.snd_una:
             return
         if self._persist_unanswered >= self.config.data_retries:
-            self._enter_closed(ConnectionFailed("connection timed out (window probes)"))
+            self._enter_closed(TcpConnectionFailed("connection timed out (window probes)"))
             return
         self._persist_backoff += 1
         if self.snd_wnd == 0:
@@ -978,7 +978,7 @@ class TcpConnection:
         if self._ka_probes >= self.config.keepalive_probes:
             # Like Linux, tell a peer that may merely have lost our probes' answers.
             self._ctl.append(self._bare(self._ack_seq(), 0, _RST))
-            self._enter_closed(ConnectionFailed("connection timed out (keep-alive)"))
+            self._enter_closed(TcpConnectionFailed("connection timed out (keep-alive)"))
             return
         self._ka_probes += 1
         self._ka_last_probe = now

@@ -2,8 +2,9 @@
 
 Like h11/h2, the state machine never calls back into the application: it appends events and
 the caller drains them after each input. Every connection ends with exactly one terminal event
-(`Closed`, `Reset` or `ConnectionFailed`), which tells the stack it may drop the connection from
-its demultiplexing table.
+(`TcpClosed`, `TcpReset` or `TcpConnectionFailed`), which tells the stack it may drop the
+connection from its demultiplexing table. The names carry `Tcp` because the stack above
+(`guest.stack.core.events`) reports socket events of its own under the plain names.
 """
 
 from __future__ import annotations
@@ -12,52 +13,58 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
-class Connected:
+class TcpConnected:
     """The three-way handshake completed (ESTABLISHED reached)."""
 
 
 @dataclass(frozen=True, slots=True)
-class DataReceived:
+class TcpDataReceived:
     """`nbytes` more in-order bytes can be taken with `recv()`."""
 
     nbytes: int
 
 
 @dataclass(frozen=True, slots=True)
-class SendSpaceAvailable:
+class TcpSendSpaceAvailable:
     """The send buffer, which earlier refused bytes, has `nbytes` of free space again."""
 
     nbytes: int
 
 
 @dataclass(frozen=True, slots=True)
-class PeerClosed:
+class TcpPeerClosed:
     """The peer's FIN arrived in order: after the buffered bytes, the stream is at EOF."""
 
 
 @dataclass(frozen=True, slots=True)
-class Closed:
+class TcpClosed:
     """Terminal: the connection finished normally (or was aborted locally)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Reset:
+class TcpReset:
     """Terminal: the peer reset the connection (or refused it)."""
 
 
 @dataclass(frozen=True, slots=True)
-class ConnectionFailed:
+class TcpConnectionFailed:
     """Terminal: the connection gave up (SYN or data retransmission limit, keep-alive)."""
 
     reason: str
 
 
-#: The name used in the design brief; `ConnectionFailed` says more at a call site.
-Error = ConnectionFailed
+#: The name used in the design brief; `TcpConnectionFailed` says more at a call site.
+Error = TcpConnectionFailed
 
-Event = (
-    Connected | DataReceived | SendSpaceAvailable | PeerClosed | Closed | Reset | ConnectionFailed
+TcpEvent = (
+    TcpConnected
+    | TcpDataReceived
+    | TcpSendSpaceAvailable
+    | TcpPeerClosed
+    | TcpClosed
+    | TcpReset
+    | TcpConnectionFailed
 )
 
 #: Events after which the connection is in CLOSED and will produce nothing but RSTs.
-TERMINAL_EVENTS = (Closed, Reset, ConnectionFailed)
+TERMINAL_TCP_EVENTS = (TcpClosed, TcpReset, TcpConnectionFailed)

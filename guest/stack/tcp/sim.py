@@ -23,7 +23,7 @@ from guest.stack.wire.tcp import TcpRepr
 
 from .config import TcpConfig
 from .connection import TcpConnection
-from .events import TERMINAL_EVENTS, Event, PeerClosed
+from .events import TERMINAL_TCP_EVENTS, TcpEvent, TcpPeerClosed
 from .listener import TcpListener
 from .reset import reset_for
 from .state import TcpState
@@ -152,9 +152,9 @@ class StreamApp:
         self.close_when_done = close_when_done
         self.read = read
         self.received = bytearray()
-        self.events: list[Event] = []
+        self.events: list[TcpEvent] = []
         self.eof = False
-        self.terminal: Event | None = None
+        self.terminal: TcpEvent | None = None
         self.closed_called = False
 
     @property
@@ -166,9 +166,9 @@ class StreamApp:
         """React to the connection: drain events, read, write, close."""
         for ev in conn.events():
             self.events.append(ev)
-            if isinstance(ev, PeerClosed):
+            if isinstance(ev, TcpPeerClosed):
                 self.eof = True
-            elif isinstance(ev, TERMINAL_EVENTS):
+            elif isinstance(ev, TERMINAL_TCP_EVENTS):
                 self.terminal = ev
         if self.read and conn.recv_available:
             self.received += conn.recv()
@@ -370,8 +370,8 @@ class TransferResult:
     server_received: bytes
     client_stats: TcpStats
     server_stats: TcpStats
-    client_events: list[Event]
-    server_events: list[Event]
+    client_events: list[TcpEvent]
+    server_events: list[TcpEvent]
     forward: LinkStats
     backward: LinkStats
     sim_time: float

@@ -8,7 +8,7 @@ segment gets through and when.
 from __future__ import annotations
 
 from guest.stack.tcp import TcpConfig, TcpConnection
-from guest.stack.tcp.events import Event
+from guest.stack.tcp.events import TcpEvent
 from guest.stack.wire.tcp import TcpFlags, TcpRepr
 
 CLIENT = ("10.0.0.1", 40000)
@@ -166,6 +166,6 @@ class Pair:
         )
         self.flush()
 
-    def events(self) -> tuple[list[Event], list[Event]]:
+    def events(self) -> tuple[list[TcpEvent], list[TcpEvent]]:
         """Drain both event queues."""
         return self.a.events(), self.b.events()
