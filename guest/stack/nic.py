@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Final
 
 from guest.stack.core.tcp_output import MAX_TSO_SIZE, TsoFrame
 from guest.stack.device import vnet
 from guest.stack.device.base import Device
+from guest.stack.offloads import Offloads
 
-LEVERS: Final = ("csum", "tso", "gro")
 _L2: Final = 14
 _IPV4: Final = b"\x08\x00"
 _PROTO_TCP: Final = 6
@@ -41,56 +40,6 @@ _PROTO_UDP: Final = 17
 _FRAG: Final = struct.Struct("!H")
 #: Received-frame flags that mean "checksum already checked or locally produced".
 _CSUM_TRUSTED: Final = vnet.F_NEEDS_CSUM | vnet.F_DATA_VALID
-
-
-@dataclass(frozen=True, slots=True)
-class Offloads:
-    """Which levers are on. `tso` implies `csum` (a TSO frame always carries the seed)."""
-
-    csum: bool = False
-    tso: bool = False
-    gro: bool = False
-
-    @classmethod
-    def parse(cls, text: str) -> Offloads:
-        """'none', 'all', or a comma list of `LEVERS` ('csum,gro'); ValueError otherwise."""
-        text = text.strip().lower()
-        if text in ("", "none", "off"):
-            return cls()
-        if text in ("all", "on"):
-            return cls(True, True, True)
-        names = [n.strip() for n in text.split(",") if n.strip()]
-        bad = [n for n in names if n not in LEVERS]
-        if bad:
-            raise ValueError(
-                f"unknown offload {', '.join(bad)!r}: use none, all, or a comma list of "
-                f"{', '.join(LEVERS)}"
-            )
-        tso = "tso" in names
-        return cls(csum="csum" in names or tso, tso=tso, gro="gro" in names)
-
-    @property
-    def vnet_hdr(self) -> bool:
-        """PACKET_VNET_HDR is needed as soon as one lever is on."""
-        return self.csum or self.tso or self.gro
-
-    @property
-    def features(self) -> dict[str, bool]:
-        """ethtool -K features for `device.setup.take_over`: set together with the stack's
-        own behaviour, so that the NIC does exactly what the stack leaves to it."""
-        return {
-            "rx": self.csum,
-            "tx": self.csum,
-            "sg": self.csum,
-            "tso": self.tso,
-            "gso": self.tso,
-            "gro": self.gro,
-            "lro": False,
-        }
-
-    def __str__(self) -> str:
-        on = [n for n in LEVERS if getattr(self, n)]
-        return ",".join(on) if on else "none"
 
 
 class Nic:
