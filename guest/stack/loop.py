@@ -1,0 +1,139 @@
+"""The one event loop of our user-level stack, which both process wirings run.
+
+`StackLoop` holds a device, the offload levers (`Nic`), `NetStack` and the session server, and
+drives them with one poll loop. The monolithic stack (`mono`) runs it over the NIC itself; the
+factored stack's protocol domain (`factored`) runs it over whatever its driver boundary gives
+it. So the difference measured between the two paths is the device underneath and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+
+from guest.stack.backend import NetStackBackend
+from guest.stack.core.netstack import NetStack
+from guest.stack.device.base import Device
+from guest.stack.nic import Nic
+from guest.stack.offloads import Offloads
+from guest.stack.options import DEFAULT_LINGER_S
+from guest.stack.session.backend import dispatch
+from guest.stack.session.server import SessionServer
+
+
+class StackLoop:
+    """Device + Nic + NetStack + session server, driven by one poll loop.
+
+    This is the protocol side that the monolithic and the factored stacks share: the monolithic
+    stack runs it over the NIC itself (`MonoStack`), the factored stack's protocol domain runs
+    it over shared-memory rings to a driver domain (`factored.shmdev.ShmDevice`). So the
+    difference measured between the two paths is the device underneath and nothing else.
+    """
+
+    def __init__(
+        self,
+        dev: Device,
+        offloads: Offloads,
+        addr: str,
+        socket_path: str,
+        gateway: str | None = None,
+        linger: float = DEFAULT_LINGER_S,
+    ):
+        self.dev = dev
+        self.nic = Nic(dev, offloads)
+        self.clock = time.monotonic
+        self.st = NetStack(
+            mac=dev.mac,
+            addr=addr,
+            mtu=dev.mtu,
+            gateway=gateway,
+            now=self.clock(),
+            tso_max_size=self.nic.tso_max_size,
+            tx_checksum_offload=self.nic.tx_checksum_offload,
+        )
+        os.makedirs(os.path.dirname(socket_path) or ".", exist_ok=True)
+        if os.path.exists(socket_path):
+            os.unlink(socket_path)  # a stale socket from a stack that died
+        self.server = SessionServer(socket_path, mode=0o666)
+        self.backend = NetStackBackend(self.st, self.server, self.clock)
+        self.socket_path = socket_path
+        self.linger = linger
+        self._stop = False
+
+    def stop(self, *_args) -> None:
+        self._stop = True
+
+    def _transmit(self, now: float) -> None:
+        frames = self.st.poll(now)
+        if frames:
+            self.nic.transmit(frames)
+        self.dev.flush()
+
+    def run(self) -> None:
+        sel = selectors.PollSelector()
+        dev_fd = self.dev.fileno()
+        version = -1
+        server, backend, st, dev = self.server, self.backend, self.st, self.dev
+        nic_receive, deliver = self.nic.receive, st.receive_frame
+        # A device whose fd is a doorbell (the factored stack's shared-memory rings) must be
+        # told before the loop sleeps, and may hold frames while its fd is not readable.
+        prepare_to_sleep: Callable[[], bool] | None = getattr(dev, "prepare_to_sleep", None)
+        rx_waiting: Callable[[], bool] = getattr(dev, "rx_waiting", bool)
+        linger_until: float | None = None
+        while True:
+            if self._stop:
+                # Asked to stop: finish the close handshakes under way first (see
+                # NetStack.tcp_lingering), for at most `linger` seconds.
+                if linger_until is None:
+                    linger_until = self.clock() + self.linger
+                if not st.tcp_lingering() or self.clock() >= linger_until:
+                    break
+            if server.fds_version != version:
+                version = server.fds_version
+                sel.close()
+                sel = selectors.PollSelector()
+                sel.register(dev_fd, selectors.EVENT_READ)
+                for fd in server.fds():
+                    sel.register(fd, selectors.EVENT_READ)
+            deadline = st.next_timeout()
+            now = self.clock()
+            timeout = 0.5 if deadline is None else min(0.5, max(0.0, deadline - now))
+            if dev.tx_pending:
+                timeout = min(timeout, 0.001)
+            elif linger_until is not None:
+                timeout = min(timeout, 0.05)
+            rx_now = False
+            if prepare_to_sleep is not None and (
+                rx_waiting() or (timeout > 0 and not prepare_to_sleep())
+            ):
+                timeout, rx_now = 0.0, True
+            for key, _mask in sel.select(timeout):
+                if key.fd == dev_fd:
+                    rx_now = True
+                else:
+                    dispatch(server, backend, server.handle_readable(key.fd))
+            if rx_now:
+                now = self.clock()
+                for _ in range(64):  # bounded, so sessions are served under load too
+                    if not nic_receive(deliver, now, 256):
+                        break
+            now = self.clock()
+            backend.handle_events()  # a Writable event re-queues blocked senders (tx_kick)
+            self._transmit(now)
+            backend.handle_events()
+        sel.close()
+
+    def stats(self) -> dict:
+        return {
+            "stack": self.st.stats(),
+            "device": asdict(self.dev.stats),
+            "nic": self.nic.stats(),
+        }
+
+    def close_server(self) -> None:
+        self.server.close()
+        if os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)

@@ -1,0 +1,47 @@
+"""What every user-level stack is started with: defaults and the command-line options that the
+monolithic stack and the factored launcher share, with their choices from the registries
+(`device.kinds.DEVICE_KINDS`, `nic.LEVERS`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from guest.stack.device.kinds import DEFAULT_DEVICE, DEVICE_KINDS
+from guest.stack.offloads import LEVERS, Offloads
+
+#: Every lever on: the fastest configuration (see the levers bench, configs/levers.yaml).
+DEFAULT_OFFLOADS = Offloads(csum=True, tso=True, gro=True)
+#: How long a stack asked to stop keeps running to finish close handshakes (FIN, last data).
+#: A lost FIN is resent on the retransmission timer, which backs off: under emulation with
+#: loss the RTO can reach seconds, and 5 s allowed one resend only, so a peer could miss
+#: the FIN for good (the kernel keeps an orphaned connection retrying for minutes).
+DEFAULT_LINGER_S = 20.0
+
+
+def default_socket_path(iface: str) -> str:
+    """Where a stack on `iface` serves its applications unless told otherwise."""
+    return f"/run/stackbed/stack-{iface}.sock"
+
+
+def _offloads(text: str) -> Offloads:
+    try:
+        return Offloads.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_stack_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options every user-level stack takes (the monolithic and the factored one)."""
+    ap.add_argument("--iface", required=True, help="NIC to take from the kernel")
+    ap.add_argument("--addr", required=True, help="the stack's address, CIDR (198.18.x.y/n)")
+    ap.add_argument("--gateway", help="default gateway (optional)")
+    ap.add_argument(
+        "--socket", help="UNIX socket for applications (default /run/stackbed/stack-IFACE.sock)"
+    )
+    ap.add_argument("--device", choices=tuple(DEVICE_KINDS), default=DEFAULT_DEVICE)
+    ap.add_argument(
+        "--offload",
+        type=_offloads,
+        default=DEFAULT_OFFLOADS,
+        help=f"none, all, or a comma list of {', '.join(LEVERS)} (default {DEFAULT_OFFLOADS})",
+    )
