@@ -1,6 +1,6 @@
 """The protocol domain's NIC: a `Device` whose frames come and go through the link's rings.
 
-To `NetStack`, `Nic` and the stack's event loop (`mono.StackProcess`) this is a device like
+To `NetStack`, `Nic` and the stack's event loop (`guest.stack.loop.StackLoop`) this is a device like
 the AF_PACKET ones, so the protocol domain runs exactly the code the monolithic stack runs; the
 difference between the two paths is this class and the driver domain behind it.
 
@@ -39,7 +39,7 @@ class ShmDevice:
     def fileno(self) -> int:
         return self.end.fileno()
 
-    # --- sleeping (called by the event loop: see mono.StackProcess.run) ----------------------
+    # --- sleeping (called by the event loop: see guest.stack.loop.StackLoop.run) --------
 
     def prepare_to_sleep(self) -> bool:
         """Ask the driver for a ring before the loop sleeps; False if frames already wait."""
