@@ -8,11 +8,14 @@ stdout without guessing.
 Subcommands: ``sink``/``source`` (bulk stream, sha256-verified) and ``rr-server``/``rr-client``
 (ping-pong transactions with per-transaction latency).
 
-Layout: :mod:`.providers` (the ``--path`` socket providers), :mod:`.metrics` (pure helpers),
+Layout: :mod:`.providers` (the ``--path`` socket providers and ``PROVIDERS``, their
+registry; :mod:`.userstack`, the user-level ones), :mod:`.errors` (``TrafficError``),
+:mod:`.metrics` (pure helpers),
 :mod:`.workloads` (the four roles), :mod:`.cli` (arguments, exit codes).
 """
 
 from .cli import build_parser, main, parse_args
+from .errors import TrafficError
 from .metrics import (
     PATTERN_BLOCK_LEN,
     Meter,
@@ -28,7 +31,6 @@ from .providers import (
     Listener,
     SocketProvider,
     Stream,
-    TrafficError,
     connect_with_retry,
 )
 from .workloads import TOOL, VERSION

@@ -8,10 +8,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from guest.stack.factored import LINKS
+from guest.stack.device.kinds import DEFAULT_DEVICE, DEVICE_KINDS
+from guest.stack.factored.boundaries import BOUNDARIES, DEFAULT_BOUNDARY
+from guest.stack.offloads import LEVERS
 
 from .appdomain import AppDomainError, run_confined
-from .providers import PROVIDERS, TrafficError, describe_error
+from .errors import TrafficError, describe_error
+from .providers import PROVIDERS
 from .workloads import RUNNERS, base_record, emit
 
 EXIT_OK = 0
@@ -81,15 +84,15 @@ def _common_options() -> argparse.ArgumentParser:
     )
     user.add_argument(
         "--stack-device",
-        choices=["ring-v2", "ring-v3", "packet"],
-        default="ring-v2",
+        choices=tuple(DEVICE_KINDS),
+        default=DEFAULT_DEVICE,
         help="NIC access of a stack started for the run",
     )
     user.add_argument(
         "--stack-offload",
         default="all",
         help="offload levers of a stack started for the run: none, all, or a comma list of "
-        "csum, tso, gro (default all)",
+        f"{', '.join(LEVERS)} (default all)",
     )
     user.add_argument(
         "--no-confine-app",
@@ -107,10 +110,10 @@ def _common_options() -> argparse.ArgumentParser:
     )
     user.add_argument(
         "--stack-link",
-        choices=LINKS,
-        default=LINKS[0],
+        choices=tuple(BOUNDARIES),
+        default=DEFAULT_BOUNDARY,
         help="factored only: the driver<->protocol boundary of a stack started for the run "
-        f"(default {LINKS[0]}; see python3 -m guest.stack.factored --help)",
+        f"(default {DEFAULT_BOUNDARY}; see python3 -m guest.stack.factored --help)",
     )
     return common
 

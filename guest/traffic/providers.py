@@ -6,13 +6,14 @@ the user-level ``mono``/``factored`` stacks later is one :data:`PROVIDERS` entry
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Protocol
+
+from .errors import TrafficError, describe_error
 
 # Connect errors worth retrying: the peer's listener (or its interface/route) may not be up yet.
 _RETRYABLE_CONNECT_ERRNOS = frozenset(
@@ -21,10 +22,6 @@ _RETRYABLE_CONNECT_ERRNOS = frozenset(
 _CONNECT_MIN_ATTEMPT_S = 1.0
 _CONNECT_BACKOFF_START_S = 0.05
 _CONNECT_BACKOFF_MAX_S = 0.5
-
-
-class TrafficError(Exception):
-    """An expected, reportable failure (network trouble, protocol violation): exit 1, no trace."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,22 +230,6 @@ def connect_with_retry(
                 ) from exc
         time.sleep(min(backoff, remaining))
         backoff = min(backoff * 2, _CONNECT_BACKOFF_MAX_S)
-
-
-def describe_error(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, OSError) and exc.errno else f"{type(exc).__name__}: {text}"
-
-
-@contextlib.contextmanager
-def phase(name: str) -> Iterator[None]:
-    """Turn socket errors into a one-line, phase-tagged :class:`TrafficError`."""
-    try:
-        yield
-    except TrafficError:
-        raise
-    except OSError as exc:
-        raise TrafficError(f"{name}: {describe_error(exc)}") from exc
 
 
 def recv_exact(stream: Stream, view: memoryview) -> bool:

@@ -17,10 +17,10 @@ import socket
 import subprocess
 import sys
 
-from guest.stack.mono import DEFAULT_LINGER_S, default_socket_path
+from guest.stack.options import DEFAULT_LINGER_S, default_socket_path
 from guest.stack.session.client import StackClient, StackListener, StackSocket
 
-from .providers import TrafficError
+from .errors import TrafficError
 
 START_TIMEOUT_S = 30.0
 

@@ -10,14 +10,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .errors import TrafficError, phase
 from .metrics import Meter, Pattern, latency_summary_us, rate
 from .providers import (
     SocketProvider,
     Stream,
-    TrafficError,
     connect_with_retry,
     drain_until_eof,
-    phase,
     recv_exact,
 )
 
