@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from guest.stack.factored.boundaries import BOUNDARIES
 from host.config import ExperimentConfig, LabConfig
 from host.lab import LabState
 from host.paths import PROJECT_ROOT, results_dir
@@ -198,7 +199,8 @@ def stack_summary(client: dict, server: dict) -> dict | None:
             "drops": tcp.get("drops_total", 0),
         }
         link = st.get("link") or {}
-        if link.get("mode") in ("shared", "uring"):
+        boundary = BOUNDARIES.get(link.get("mode", ""))
+        if boundary is not None and boundary.over_kernel_rings:
             # How the factored stack's transmits crossed: wakeups of the driver domain (rung
             # by the protocol domain), or submissions on the send-only io_uring (no wakeup).
             driver, ring = link.get("driver") or {}, link.get("transmit") or {}

@@ -43,6 +43,11 @@ from pydantic import (
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from guest.stack.device.kinds import DEFAULT_DEVICE, DEVICE_KINDS
+from guest.stack.factored.boundaries import BOUNDARIES, DEFAULT_BOUNDARY
+from guest.stack.offloads import Offloads
+from guest.traffic.providers import PROVIDERS
+
 __all__ = [
     "ALLOWED_PATHS",
     "BENCH_RANGE",
@@ -59,8 +64,8 @@ __all__ = [
 ]
 
 #: Network stacks an experiment may exercise: the kernel's, and our user-level stack as one
-#: process (mono) or split into protection domains (factored).
-ALLOWED_PATHS: tuple[str, ...] = ("kernel", "mono", "factored")
+#: process (mono) or split into protection domains (factored); the traffic tool's registry.
+ALLOWED_PATHS: tuple[str, ...] = tuple(PROVIDERS)
 
 #: RFC 2544 benchmarking range. Link addresses must stay inside it so that a mistyped
 #: config can never make the testbed send traffic to a real network.
@@ -301,35 +306,37 @@ class LinkConfig(_Strict):
         return self.addresses[self.endpoints.index(node)]
 
 
-STACK_DEVICES: tuple[str, ...] = ("ring-v2", "ring-v3", "packet")
-
-
 class StackOptions(_Strict):
     """How a user-level path's stack is started for the run (ignored by the kernel path)."""
 
     #: NIC access: PACKET_MMAP ring (TPACKET_V2/V3) or a plain AF_PACKET socket.
-    device: str = "ring-v2"
+    device: str = DEFAULT_DEVICE
     #: Offload levers: none, all, or a comma list of csum, tso, gro (see guest/stack/nic.py).
     offload: str = "all"
     #: Factored path only: the driver<->protocol boundary. "uring": the kernel's packet rings
     #: shared with the protocol domain, which submits the transmit on a send-only io_uring;
     #: "shared": the same rings, the driver domain making the transmit syscall when rung;
-    #: "copy": every frame copied through rings between the domains (guest/stack/factored;
-    #: a test checks these match its LINKS).
-    link: Literal["uring", "shared", "copy"] = "uring"
+    #: "copy": every frame copied through rings between the domains (the guest's registry,
+    #: guest/stack/factored/boundaries.py, names them).
+    link: str = DEFAULT_BOUNDARY
 
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        if value not in STACK_DEVICES:
-            raise ValueError(f"device {value!r} is not one of {', '.join(STACK_DEVICES)}")
+        if value not in DEVICE_KINDS:
+            raise ValueError(f"device {value!r} is not one of {', '.join(DEVICE_KINDS)}")
+        return value
+
+    @field_validator("link")
+    @classmethod
+    def _known_link(cls, value: str) -> str:
+        if value not in BOUNDARIES:
+            raise ValueError(f"link {value!r} is not one of {', '.join(BOUNDARIES)}")
         return value
 
     @field_validator("offload")
     @classmethod
     def _known_offload(cls, value: str) -> str:
-        from guest.stack.nic import Offloads
-
         return str(Offloads.parse(value))  # ValueError names the unknown lever
 
 

@@ -9,14 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from guest.stack.factored.boundaries import BOUNDARIES
 from host.config import COMPARED_FIGURE
-
-#: How the path column names each factored boundary (`stack: {link: ...}`).
-LINK_NOTES: dict[str, str] = {
-    "uring": "shared rings, io_uring send",
-    "shared": "shared rings, driver send",
-    "copy": "copy rings",
-}
 
 
 def load(path: Path) -> dict:
@@ -73,7 +67,8 @@ def results_table(data: dict) -> Table:
                 notes.append("socket")
             if rec["path"] == "factored":
                 # older result files have no link: those ran the copy boundary
-                notes.append(LINK_NOTES.get(opts.get("link", "copy"), str(opts.get("link"))))
+                link = BOUNDARIES.get(opts.get("link", "copy"))
+                notes.append(link.label if link else str(opts.get("link")))
             path += f" ({'; '.join(notes)})"
         table.add_row(
             rec["experiment"],

@@ -12,11 +12,11 @@ import re
 import textwrap
 from ipaddress import IPv4Interface
 from pathlib import Path
-from typing import get_args
 
 import pytest
+from pydantic import ValidationError
 
-from guest.stack.factored import LINKS
+from guest.stack.factored.boundaries import BOUNDARIES, DEFAULT_BOUNDARY
 from host import config as config_module
 from host.config import (
     ALLOWED_PATHS,
@@ -149,12 +149,13 @@ def test_default_config_resolves() -> None:
     assert lab.experiment("kernel-stream").msg_size == 65536
 
 
-def test_the_lab_file_knows_the_factored_stacks_boundaries() -> None:
-    """`stack: {link: ...}` is checked on the host against a Literal; the guest's launcher
-    defines the boundaries (`LINKS`, the default first). They must not drift apart."""
-    field = StackOptions.model_fields["link"]
-    assert get_args(field.annotation) == LINKS
-    assert field.default == LINKS[0]
+def test_the_lab_file_takes_the_factored_stacks_boundaries_from_its_registry() -> None:
+    """`stack: {link: ...}` accepts exactly the guest's boundaries, defaulting to its first."""
+    assert StackOptions().link == DEFAULT_BOUNDARY == next(iter(BOUNDARIES))
+    for name in BOUNDARIES:
+        assert StackOptions(link=name).link == name
+    with pytest.raises(ValidationError, match="link 'tcp' is not one of uring, shared, copy"):
+        StackOptions(link="tcp")
 
 
 def test_to_dict_is_json_and_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
