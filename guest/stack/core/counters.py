@@ -10,8 +10,6 @@ a result file can be diffed and plotted without knowing the object's shape.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 # Names of the integer counters, grouped by layer. Kept as data so that `__slots__`,
 # `__init__` and `as_dict` cannot drift apart.
 _FIELDS: tuple[str, ...] = (
@@ -65,8 +63,6 @@ class Counters:
     """Every counter of one `NetStack`; counters only grow."""
 
     __slots__ = (*_FIELDS, "drops")
-
-    FIELDS: ClassVar[tuple[str, ...]] = _FIELDS
 
     def __init__(self) -> None:
         for name in _FIELDS:

@@ -72,10 +72,6 @@ class ConnectionFailed:
     reason: str
 
 
-#: The name used in the design brief.
-Error = ConnectionFailed
-
-
 @dataclass(frozen=True, slots=True)
 class UdpReadable:
     """Datagrams wait in the socket's queue: drain with `udp_recvfrom` until it returns None."""

@@ -36,7 +36,6 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from collections.abc import Iterable
 from dataclasses import fields, replace
 from typing import Final
 
@@ -260,11 +259,6 @@ class NetStack:
             c.drop("internal-error")
             if self.strict:
                 raise
-
-    def receive_frames(self, frames: Iterable[bytes | bytearray | memoryview], now: float) -> None:
-        """`receive_frame` for a batch (one device interrupt's worth)."""
-        for frame in frames:
-            self.receive_frame(frame, now)
 
     def poll(self, now: float) -> list[bytearray]:
         """Run due timers and return every frame to transmit now (ARP, ICMP, UDP, TCP)."""

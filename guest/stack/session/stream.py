@@ -41,10 +41,6 @@ class StreamWriter:
         written = self._ring.push_many(chunks)
         return min(total, written * size)
 
-    def free_bytes(self) -> int:
-        """A lower bound on what `write` accepts now (whole free slots)."""
-        return self._ring.free() * self._size
-
 
 class StreamReader:
     __slots__ = ("_buffered", "_offset", "_ring", "_views", "released")

@@ -53,9 +53,6 @@ class TcpConnectionFailed:
     reason: str
 
 
-#: The name used in the design brief; `TcpConnectionFailed` says more at a call site.
-Error = TcpConnectionFailed
-
 TcpEvent = (
     TcpConnected
     | TcpDataReceived

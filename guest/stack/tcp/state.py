@@ -24,20 +24,6 @@ class TcpState(Enum):
         return self.value
 
 
-#: States in which both sides' initial sequence numbers are known (RFC 9293 glossary:
-#: "synchronized states"); an RST or SYN in these is validated per RFC 5961.
-SYNCHRONIZED = frozenset(
-    {
-        TcpState.ESTABLISHED,
-        TcpState.FIN_WAIT_1,
-        TcpState.FIN_WAIT_2,
-        TcpState.CLOSE_WAIT,
-        TcpState.CLOSING,
-        TcpState.LAST_ACK,
-        TcpState.TIME_WAIT,
-    }
-)
-
 #: States in which the application may still queue data (RFC 9293 section 3.10.2: SEND is
 #: queued in SYN-SENT/SYN-RECEIVED and refused once the local side has closed).
 CAN_SEND = frozenset(
