@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from guest.stack.device.netns import unavailable_reason, veth_pair
+from guest.testing.netns import unavailable_reason, veth_pair
 
 A, B = "198.18.79.1", "198.18.79.2"
 PORT = 7301

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from guest.stack.device.netns import VethPair, leftovers, ns_cmd, unavailable_reason, veth_pair
+from guest.testing.netns import VethPair, leftovers, ns_cmd, unavailable_reason, veth_pair
 
 __all__ = [
     "VethPair",

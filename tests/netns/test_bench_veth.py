@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from guest.stack.device.netns import leftovers, unavailable_reason
+from guest.testing.netns import leftovers, unavailable_reason
 from host.paths import PROJECT_ROOT
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]

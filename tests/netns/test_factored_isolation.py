@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from guest.stack.device.netns import VethPair
 from guest.stack.factored import sandbox, uring
 from guest.stack.session.client import StackClient
+from guest.testing.netns import VethPair
 from tests.netns.fixtures import netns_pair, start
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from guest.stack.device.netns import leftovers, unavailable_reason
-from guest.stack.device.netns_chain import VethChain, offloads_off, veth_chain
+from guest.testing.netns import leftovers, unavailable_reason
+from guest.testing.netns_chain import VethChain, offloads_off, veth_chain
 from tests.netns.fixtures import start
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]

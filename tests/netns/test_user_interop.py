@@ -17,8 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from guest.stack.device.netns import unavailable_reason, veth_pair
 from guest.stack.factored import uring
+from guest.testing.netns import unavailable_reason, veth_pair
 from host.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.netns

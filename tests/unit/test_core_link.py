@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from guest.stack.core import EchoReplyReadable, UdpReadable, UdpUnreachable
-from guest.stack.core.sim import IP_A, IP_B, MAC_A, MAC_B, LinkConfig, make_network
 from guest.stack.wire.addr import MAC_ZERO, ipv4
 from guest.stack.wire.arp import ArpRepr
 from guest.stack.wire.ethernet import ETHERTYPE_ARP, EthernetRepr
+from guest.testing.stack_sim import IP_A, IP_B, MAC_A, MAC_B, LinkConfig, make_network
 
 
 def arp_frame(sha: bytes, spa: int, eth_dst: bytes, tpa: int, op: int) -> bytearray:

@@ -18,12 +18,12 @@ from guest.stack.core import (
     TsoFrame,
     Writable,
 )
-from guest.stack.core.sim import IP_A, IP_B, LinkConfig, Network, StreamApp, make_network
 from guest.stack.tcp import TcpConfig
 from guest.stack.wire.addr import ipv4
 from guest.stack.wire.checksum import fold, pseudo_header_sum
 from guest.stack.wire.icmp import UNREACH_PORT, Icmpv4Repr
 from guest.stack.wire.ipv4 import PROTO_ICMP, Ipv4Repr
+from guest.testing.stack_sim import IP_A, IP_B, LinkConfig, Network, StreamApp, make_network
 
 MB = 1 << 20
 FAST_CLOSE = TcpConfig(msl=0.5)

@@ -19,13 +19,13 @@ from guest.stack.device.relay import (
     config_from_args,
     corrupt_frame,
 )
-from guest.stack.tcp.sim import LinkConfig
 from guest.stack.wire.addr import ipv4
 from guest.stack.wire.errors import WireError
 from guest.stack.wire.ethernet import ETHERTYPE_IPV4, EthernetRepr
 from guest.stack.wire.frame import emit_tcp_frame, tcp_payload_offset
 from guest.stack.wire.ipv4 import Ipv4Packet, Ipv4Repr
 from guest.stack.wire.tcp import TcpFlags, TcpRepr
+from guest.testing.impairment import LinkConfig
 
 SRC, DST = ipv4("198.18.78.1"), ipv4("198.18.78.2")
 MAC_A, MAC_B = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")

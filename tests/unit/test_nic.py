@@ -10,10 +10,10 @@ from collections.abc import Iterable, Sequence
 import pytest
 
 from guest.stack.core import NetStack, TsoFrame
-from guest.stack.core.sim import IP_B, MAC_A, MAC_B, StreamApp, make_network
 from guest.stack.device import vnet
 from guest.stack.device.base import DeviceStats
 from guest.stack.nic import Nic, Offloads
+from guest.testing.stack_sim import IP_B, MAC_A, MAC_B, StreamApp, make_network
 
 
 class FakeDevice:

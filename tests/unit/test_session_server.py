@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from guest.stack.session import SessionServer, StackClient, StackSocket, dispatch, pump_tx, run
-from guest.stack.session.fake import BLACKHOLE, CHARGEN, CHARGEN_BLOCK, DISCARD, ECHO, FakeBackend
 from guest.stack.session.protocol import MAGIC, VERSION, Message, Op
 from guest.stack.session.ring import INDEX_LINE
+from guest.testing.fake_backend import BLACKHOLE, CHARGEN, CHARGEN_BLOCK, DISCARD, ECHO, FakeBackend
 
 ROOT = Path(__file__).resolve().parents[2]
 REMOTE = "198.18.0.2"

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from guest.stack.tcp import TcpConfig, TcpConnection, TcpState
-from guest.stack.tcp.sim import LinkConfig, run_transfer
 from guest.stack.wire.tcp import TcpFlags, TcpRepr
+from guest.testing.tcp_sim import LinkConfig, run_transfer
 from tests.unit.tcp_helpers import PLAIN, Pair
 
 links = st.builds(

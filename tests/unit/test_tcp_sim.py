@@ -7,7 +7,7 @@ import random
 import pytest
 
 from guest.stack.tcp import TcpClosed, TcpConfig
-from guest.stack.tcp.sim import LinkConfig, StreamApp, run_transfer
+from guest.testing.tcp_sim import LinkConfig, StreamApp, run_transfer
 
 MB = 1_000_000
 
@@ -131,7 +131,7 @@ def test_small_writes_and_small_buffers() -> None:
 def test_request_response_latency_is_one_rtt_per_exchange() -> None:
     """nodelay (the default) and delayed ACK together: a request and its response cost one RTT
     each, with no Nagle/delayed-ACK stall."""
-    from guest.stack.tcp.sim import Simulator
+    from guest.testing.tcp_sim import Simulator
 
     sim = Simulator(LinkConfig(delay=0.005), seed=1)
     client = sim.add_host("c")
@@ -174,7 +174,7 @@ def test_throughput_figure(capsys: pytest.CaptureFixture[str]) -> None:
 def test_connect_to_a_closed_port_is_refused() -> None:
     """The host finds neither connection nor listener and answers the SYN with <RST,ACK>."""
     from guest.stack.tcp import TcpReset
-    from guest.stack.tcp.sim import Simulator
+    from guest.testing.tcp_sim import Simulator
 
     sim = Simulator(LinkConfig(delay=0.001))
     client = sim.add_host("c")
@@ -188,8 +188,8 @@ def test_connect_to_a_closed_port_is_refused() -> None:
 
 def test_passive_side_rejects_strays_after_close() -> None:
     """A segment for a connection the host already forgot draws an RST (RFC 9293 3.10.7.1)."""
-    from guest.stack.tcp.sim import Simulator
     from guest.stack.wire.tcp import TcpFlags, TcpRepr
+    from guest.testing.tcp_sim import Simulator
 
     sim = Simulator(LinkConfig(delay=0.001))
     client = sim.add_host("c")

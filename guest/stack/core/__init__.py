@@ -5,8 +5,8 @@ Modules, one job each: `arp` (neighbour cache and resolution), `ipv4` (filtering
 routing, fragmentation), `icmp` (echo, errors, rate limit, ping sockets), `udp` (ports and
 queues), `tcp_mux` (4-tuple demultiplexing, listeners, timers, socket lifetime), `tcp_output`
 (segments to frames, TSO merging), `counters`, `events`; `gso` cuts TSO frames in software;
-`sim` wires two stacks over an in-memory link for tests and benchmarks; `bench_core` measures
-the per-segment cost.
+`guest.testing.stack_sim` wires two stacks over an in-memory link for tests and benchmarks;
+`guest.bench.core` measures the per-segment cost.
 """
 
 from .counters import Counters

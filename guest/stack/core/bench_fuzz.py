@@ -8,7 +8,7 @@ and *time* (timers firing between hostile frames), and only a long run against a
 finds them. So this runs for minutes and prints figures, and a seed reproduces every frame.
 
 The testbed: stack A (the one attacked, `strict=True` so that an internal error surfaces with
-its traceback instead of becoming a counter) and its honest peer B on `sim`'s in-memory
+its traceback instead of becoming a counter) and its honest peer B on `stack_sim`'s in-memory
 Ethernet (with a little loss, duplication and reordering while fuzzing). A holds live state
 worth attacking: an ESTABLISHED connection to B with data flowing both ways (with or without
 timestamps/SACK/window scaling; its readers pause now and then so windows close; every so
@@ -95,6 +95,7 @@ from guest.stack.wire.icmp import (
 from guest.stack.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4Packet, Ipv4Repr
 from guest.stack.wire.tcp import TcpFlags, TcpPacket, TcpRepr
 from guest.stack.wire.udp import UdpRepr
+from guest.testing.stack_sim import IP_A, IP_B, MAC_A, MAC_B, Host, LinkConfig, Network
 
 from .events import (
     TERMINAL_EVENTS,
@@ -108,7 +109,6 @@ from .events import (
     UdpUnreachable,
 )
 from .netstack import NetStack
-from .sim import IP_A, IP_B, MAC_A, MAC_B, Host, LinkConfig, Network
 from .tcp_mux import TcpSocket
 
 #: Mutators and their weights: how each fuzz case is made.
@@ -369,7 +369,7 @@ class _Pair:
 
 
 class _CapturingNetwork(Network):
-    """`sim.Network` keeping the last frames B sent, for the peer-replay mutator."""
+    """`stack_sim.Network` keeping the last frames B sent, for the peer-replay mutator."""
 
     def __init__(self, a: NetStack, b: NetStack, link: LinkConfig, seed: int) -> None:
         super().__init__(a, b, link, seed=seed)
@@ -1963,7 +1963,7 @@ class FuzzBench:
                 return
 
     def _trim_logs(self) -> None:
-        """`sim.Host` logs every event; a long run must not keep them all."""
+        """`stack_sim.Host` logs every event; a long run must not keep them all."""
         self.net.a.log.clear()
         self.net.b.log.clear()
 

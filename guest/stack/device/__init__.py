@@ -8,8 +8,9 @@
 * `setup.py`: `take_over()` an interface from the kernel's IPv4 stack, and give it back;
 * `kinds.py`: the registry of device kinds by name (`DEVICE_KINDS`, `open_device`);
 * `abi.py`: the kernel constants and struct layouts the above use;
-* `netns.py`, `probe.py`, `bench_device.py`: namespaces, test worker and benchmark.
 
 Import the module you need (`from guest.stack.device.ring import RingDevice`): the package
 imports nothing itself, so naming a device kind (`kinds`) stays cheap for a command line.
+Beside the layers: the namespace helpers (`guest.testing.netns`), the test worker
+(`guest.tools.probe`) and the benchmark (`guest.bench.device`).
 """

@@ -2,10 +2,10 @@
 
     python3 -m guest.stack.device.bench_device [--seconds 3] [--size 1514] [--modes ...]
 
-Self-contained: creates two network namespaces joined by a veth pair (`netns.py`, names
-prefixed `sbdev`), runs a receiver (`probe recv`) in one and a sender (`probe send`, timed) in
-the other, both with the same device kind, and prints both ends' rates and CPU seconds per
-frame; the namespaces are deleted afterwards whatever happens. Frames are valid Ethernet
+Self-contained: creates two network namespaces joined by a veth pair (`guest.testing.netns`,
+names prefixed `sbdev`), runs a receiver (`probe recv`) in one and a sender (`probe send`,
+timed) in the other, both with the same device kind, and prints both ends' rates and CPU
+seconds per frame; the namespaces are deleted afterwards whatever happens. Frames are valid Ethernet
 frames to the receiver's MAC with the local experimental ethertype 0x88B5.
 
 Reading the numbers: "CPU us/fr" per end is the process's own user+system time (getrusage).
@@ -31,8 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from guest.testing.netns import VethPair, ns_cmd, unavailable_reason, veth_pair
+
 from ...traffic.metrics import read_proc_stat
-from .netns import VethPair, ns_cmd, unavailable_reason, veth_pair
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -6,7 +6,7 @@ holding two interfaces, reads every frame arriving on one with an AF_PACKET sock
 out of the other, after the impairment model has decided its fate. It is a transparent bridge:
 both ends see each other's MACs and ARP crosses it like any other frame.
 
-The impairment model is the simulators' own (`guest.stack.tcp.sim.ImpairedLink`): loss,
+The impairment model is the simulators' own (`guest.testing.impairment.ImpairedLink`): loss,
 corruption, reordering, duplication, delay and an optional bandwidth with a drop-tail queue,
 drawn from a seeded RNG in a fixed order. Reusing it means a figure measured through the relay
 and one from a simulation mean the same thing, and the relay adds only what a real link has and
@@ -54,7 +54,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 
-from guest.stack.tcp.sim import ImpairedLink, LinkConfig
+from guest.testing.impairment import ImpairedLink, LinkConfig
 
 ETH_P_ALL = 0x0003
 ETH_HLEN = 14

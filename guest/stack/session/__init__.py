@@ -8,8 +8,8 @@ measured difference is the driver<->protocol split alone.
 Modules, bottom up: `shm` (sealed memfd regions, fence), `ring` (SPSC slot ring), `stream`
 (byte-stream mode), `doorbell` (eventfd with sleep flags), `channel` (one socket's rings and
 bells), `protocol` (control messages), `requests` (server -> stack requests), `server`,
-`backend` (StackBackend, dispatch, run), `client`, `fake` (an in-memory backend for tests and
-benchmarks), `bench_session`.
+`backend` (StackBackend, dispatch, run), `client`. An in-memory backend for tests and
+benchmarks is `guest.testing.fake_backend`; the benchmark is `guest.bench.session`.
 """
 
 from .backend import StackBackend, dispatch, pump_tx, run

@@ -31,11 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
+from guest.testing.fake_backend import CHARGEN, DISCARD, ECHO, FakeBackend
+
 from .backend import run
 from .channel import DEFAULT_GEOMETRY
 from .client import StackClient, StackSocket
 from .doorbell import Doorbell, Notifier, Waiter
-from .fake import CHARGEN, DISCARD, ECHO, FakeBackend
 from .ring import RingConsumer, RingGeometry, RingProducer
 from .server import SessionServer
 from .shm import SharedRegion

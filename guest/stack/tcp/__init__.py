@@ -1,8 +1,8 @@
 """Sans-I/O TCP: a connection state machine that takes segments and time and returns segments
 and events (RFC 9293, 5681, 6582, 6298, 7323, 2018, 5961, 6528).
 
-The public surface is re-exported here; `sim` (an event-driven lossy-link simulator used by the
-tests and benchmarks) is imported explicitly by those who need it.
+The public surface is re-exported here. The event-driven lossy-link simulator the tests and
+benchmarks drive it with lives outside the layers, in `guest.testing.tcp_sim`.
 """
 
 from .config import TcpConfig

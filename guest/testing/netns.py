@@ -51,26 +51,30 @@ def ns_cmd(ns: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
 
 
-def _run(argv: Sequence[str]) -> str:
+def run(argv: Sequence[str]) -> str:
+    """Run `argv` (an `ip`/`ethtool`/... command) and return its output; raise on failure."""
     done = subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=30)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
     return done.stdout
 
 
-def _link_mac(ns: str, iface: str) -> str:
-    info = json.loads(_run(["ip", "-n", ns, "-j", "link", "show", "dev", iface]))
+def link_mac(ns: str, iface: str) -> str:
+    """The MAC of `iface` in namespace `ns` (text form)."""
+    info = json.loads(run(["ip", "-n", ns, "-j", "link", "show", "dev", iface]))
     return str(info[0]["address"])
 
 
-def _quiet_up(ns: str, iface: str, mtu: int | None) -> None:
+def quiet_up(ns: str, iface: str, mtu: int | None) -> None:
+    """Bring `iface` in `ns` up (optionally with `mtu`) with IPv6 disabled first, so that the
+    kernel puts nothing of its own on the link."""
     for key in ("all", "default", iface):
         path = f"net/ipv6/conf/{key}/disable_ipv6"
         # Best effort: a kernel without IPv6 has nothing to silence.
         subprocess.run(ns_cmd(ns, ["sysctl", "-qw", f"{path}=1"]), capture_output=True, check=False)
     if mtu is not None:
-        _run(["ip", "-n", ns, "link", "set", "dev", iface, "mtu", str(mtu)])
-    _run(["ip", "-n", ns, "link", "set", "dev", iface, "up"])
+        run(["ip", "-n", ns, "link", "set", "dev", iface, "mtu", str(mtu)])
+    run(["ip", "-n", ns, "link", "set", "dev", iface, "up"])
 
 
 @contextmanager
@@ -81,13 +85,13 @@ def veth_pair(mtu: int | None = None) -> Iterator[VethPair]:
     ns_a, ns_b = f"{PREFIX}-{tag}-a", f"{PREFIX}-{tag}-b"
     if_a, if_b = f"{PREFIX}{tag}a", f"{PREFIX}{tag}b"
     try:
-        _run(["ip", "netns", "add", ns_a])
-        _run(["ip", "netns", "add", ns_b])
+        run(["ip", "netns", "add", ns_a])
+        run(["ip", "netns", "add", ns_b])
         peer = ["peer", "name", if_b, "netns", ns_b]
-        _run(["ip", "link", "add", if_a, "netns", ns_a, "type", "veth", *peer])
-        _quiet_up(ns_a, if_a, mtu)
-        _quiet_up(ns_b, if_b, mtu)
-        yield VethPair(ns_a, ns_b, if_a, if_b, _link_mac(ns_a, if_a), _link_mac(ns_b, if_b))
+        run(["ip", "link", "add", if_a, "netns", ns_a, "type", "veth", *peer])
+        quiet_up(ns_a, if_a, mtu)
+        quiet_up(ns_b, if_b, mtu)
+        yield VethPair(ns_a, ns_b, if_a, if_b, link_mac(ns_a, if_a), link_mac(ns_b, if_b))
     finally:
         for ns in (ns_a, ns_b):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)

@@ -1,6 +1,6 @@
 """Two `NetStack`s on an in-memory Ethernet with a fake clock, for tests and benchmarks.
 
-Borrowed from `guest.stack.tcp.sim`, one layer down: the links carry whole frames, so ARP, IPv4,
+Borrowed from `tcp_sim`, one layer down: the links carry whole frames, so ARP, IPv4,
 checksums and demultiplexing are exercised as on a wire. Time jumps to the next event (a frame
 arrival or a stack's `next_timeout`), so minutes of simulated timers cost nothing. Loss,
 duplication, reordering and corruption come from a seeded `random.Random`: every run repeats.
@@ -20,9 +20,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from guest.stack.tcp.sim import ImpairedLink
-
-from .events import (
+from guest.stack.core.events import (
     TERMINAL_EVENTS,
     Accepted,
     Connected,
@@ -31,9 +29,10 @@ from .events import (
     StackEvent,
     Writable,
 )
-from .gso import segment_tso
-from .netstack import NetStack, TsoFrame
-from .offload import finish_checksums
+from guest.stack.core.gso import segment_tso
+from guest.stack.core.netstack import NetStack, TsoFrame
+from guest.stack.core.offload import finish_checksums
+from guest.testing.impairment import ImpairedLink
 
 #: The two hosts `make_network` builds (RFC 2544 benchmarking addresses, as the testbed uses).
 MAC_A = bytes.fromhex("525400000001")

@@ -1,9 +1,9 @@
 """Three throwaway network namespaces in a row: A —veth— M —veth— B, for links with a middle box.
 
 `netns.veth_pair()` joins two namespaces directly; a link with impairments needs something in
-between that the ends cannot see, such as the user-space relay (`device.relay`), because this
-host's kernel has no netem. M holds both inner ends of the two veth pairs and nothing else, so
-whatever runs there decides what crosses between A and B.
+between that the ends cannot see, such as the user-space relay (`guest.tools.relay`), because
+this host's kernel has no netem. M holds both inner ends of the two veth pairs and nothing
+else, so whatever runs there decides what crosses between A and B.
 
 Names follow `netns.veth_pair()`: namespaces `sbdev-TAG-a`/`-m`/`-b` and interfaces
 `sbdevTAGa`, `sbdevTAGma`, `sbdevTAGmb`, `sbdevTAGb` (15 characters at most, the kernel's
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from guest.stack.device.netns import PREFIX, _link_mac, _quiet_up, _run, ns_cmd
+from guest.testing.netns import PREFIX, link_mac, ns_cmd, quiet_up, run
 
 #: Everything that can turn wire frames into something else between a veth and its reader:
 #: checksums left to "hardware" (tx), checksums trusted rather than verified (rx), and
@@ -57,7 +57,7 @@ def offloads_off(ns: str, iface: str) -> None:
     argv = ["ethtool", "-K", iface]
     for feature in OFFLOADS:
         argv += [feature, "off"]
-    _run(ns_cmd(ns, argv))
+    run(ns_cmd(ns, argv))
 
 
 @contextmanager
@@ -71,19 +71,19 @@ def veth_chain(mtu: int | None = None, middle_offloads: bool = False) -> Iterato
     made: list[str] = []
     try:
         for ns in (ns_a, ns_m, ns_b):
-            _run(["ip", "netns", "add", ns])
+            run(["ip", "netns", "add", ns])
             made.append(ns)
         links = ((if_a, ns_a, if_ma, ns_m), (if_mb, ns_m, if_b, ns_b))
         for left, ns_left, right, ns_right in links:
             peer = ["peer", "name", right, "netns", ns_right]
-            _run(["ip", "link", "add", left, "netns", ns_left, "type", "veth", *peer])
+            run(["ip", "link", "add", left, "netns", ns_left, "type", "veth", *peer])
         for ns, iface in ((ns_a, if_a), (ns_m, if_ma), (ns_m, if_mb), (ns_b, if_b)):
-            _quiet_up(ns, iface, mtu)
+            quiet_up(ns, iface, mtu)
         if not middle_offloads:
             offloads_off(ns_m, if_ma)
             offloads_off(ns_m, if_mb)
         yield VethChain(
-            ns_a, ns_m, ns_b, if_a, if_ma, if_mb, if_b, _link_mac(ns_a, if_a), _link_mac(ns_b, if_b)
+            ns_a, ns_m, ns_b, if_a, if_ma, if_mb, if_b, link_mac(ns_a, if_a), link_mac(ns_b, if_b)
         )
     finally:
         # Only the namespaces made here: a name that already existed belongs to someone else.

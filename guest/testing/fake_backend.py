@@ -19,8 +19,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Final
 
-from .requests import BindReq, ConnectReq, Event, ListenReq, SendToReq
-from .server import SessionServer
+from guest.stack.session.requests import BindReq, ConnectReq, Event, ListenReq, SendToReq
+from guest.stack.session.server import SessionServer
 
 ECHO: Final = 7
 DISCARD: Final = 9
