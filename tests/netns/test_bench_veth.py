@@ -1,4 +1,4 @@
-"""The veth benchmark (`guest.stack.bench_veth`) runs end to end: kernel and our stack with and
+"""The veth benchmark (`guest.bench.veth`) runs end to end: kernel and our stack with and
 without levers, every stream byte-exact, a JSON line with every row."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def test_bench_veth_reports_every_path() -> None:
         pytest.skip(why)
     before = set(leftovers())
     done = subprocess.run(
-        [sys.executable, "-m", "guest.stack.bench_veth", "--seconds", "1"],
+        [sys.executable, "-m", "guest.bench.veth", "--seconds", "1"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

@@ -7,7 +7,7 @@ import select
 
 import pytest
 
-from guest.stack.factored.bench_link import measure
+from guest.bench.link import measure
 from guest.stack.factored.link import DRIVER, PROTOCOL, FrameLink, LinkGeometry
 from guest.stack.factored.shmdev import ShmDevice
 from guest.stack.session.ring import RingGeometry

@@ -108,7 +108,7 @@ def test_the_kernel_refuses_any_other_operation(ring) -> None:
 def test_the_transmit_bench_measures_every_way() -> None:
     """Figures exist and every transmission arrived (`_timed` raises on a lost one); what
     they are is for the bench to print, not for a test to judge."""
-    from guest.stack.factored.bench_transmit import measure
+    from guest.bench.transmit import measure
 
     result = measure(50)
     assert result["transmissions"] == 50 and result["uring_errors"] == 0

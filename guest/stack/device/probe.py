@@ -1,6 +1,6 @@
 """Send or count test frames on one interface; one JSON line of results on stdout.
 
-The worker that the device tests and `bench_device` start inside a network namespace::
+The worker that the device tests and `guest.bench.device` start inside a network namespace::
 
     python3 -m guest.stack.device.probe recv --kind ring --iface IF [--count N] ...
     python3 -m guest.stack.device.probe send --kind packet --iface IF --dst MAC --count N ...

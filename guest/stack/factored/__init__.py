@@ -22,5 +22,5 @@ Three driver<->protocol boundaries, chosen with `--link` from the registry
 Also: `sandbox` (privilege drop and seccomp), `domains` (forking, confining and hearing from a
 domain), `launcher` (`python3 -m guest.stack.factored`: takes the NIC, starts the chosen
 boundary's domains, supervises them), `attacks` (what the isolation tests try from inside the
-protocol domain).
+protocol domain). `guest.bench.link` measures what one crossing of the copy link costs.
 """

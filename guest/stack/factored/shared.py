@@ -18,7 +18,7 @@ buffers in place:
   the monolithic stack makes the syscall itself. Over `uring` it submits that same `send()`
   on a ring that can do nothing else (`uring.py`), and the kernel runs it inline: the
   protocol domain pays a submission where the monolithic stack pays a syscall (a little more:
-  `bench_transmit` measures both), and the driver is never woken.
+  `guest.bench.transmit` measures both), and the driver is never woken.
 
 The alternative boundary, `--link copy` (`link.py`, `driver.py`, `shmdev.py`), copies every
 frame through rings between the two domains, so the driver also sees and vets what crosses; it

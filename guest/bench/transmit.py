@@ -1,5 +1,4 @@
-"""What asking for a transmission costs over each boundary:
-`python3 -m guest.stack.factored.bench_transmit`.
+"""What asking for a transmission costs over each boundary: `python3 -m guest.bench.transmit`.
 
 The one crossing left on the shared rings' data path is "kernel, take the TX slots I filled".
 Measured here three ways in one run, each as the time from the request until the kernel has
@@ -28,9 +27,9 @@ import sys
 import time
 from collections.abc import Callable
 
-from .shared import Kicker
-from .uring import SendRing, UringTransmit
-from .uring import supported as uring_supported
+from guest.stack.factored.shared import Kicker
+from guest.stack.factored.uring import SendRing, UringTransmit
+from guest.stack.factored.uring import supported as uring_supported
 
 
 def _timed(request: Callable[[], None], peer: socket.socket, count: int) -> float:
@@ -86,7 +85,7 @@ def measure(count: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python3 -m guest.stack.factored.bench_transmit")
+    ap = argparse.ArgumentParser(prog="python3 -m guest.bench.transmit")
     ap.add_argument("--count", type=int, default=5_000, help="transmissions per way")
     args = ap.parse_args(argv)
     print(json.dumps({"bench": "factored-transmit", **measure(args.count)}))

@@ -1,4 +1,4 @@
-"""Per-packet cost of the wire layer: `python3 -m guest.stack.wire.bench_wire [--seconds S]`.
+"""Per-packet cost of the wire layer: `python3 -m guest.bench.wire [--seconds S]`.
 
 Prints parse and emit rates for a full-size (1514-byte) Ethernet/IPv4/TCP frame carrying the
 timestamp option, as the receive and transmit paths would do them, and raw checksum
@@ -12,12 +12,12 @@ import os
 import time
 from collections.abc import Callable
 
-from .addr import ipv4, mac
-from .checksum import ones_sum
-from .ethernet import ETHERTYPE_IPV4, EthernetFrame, EthernetRepr
-from .frame import emit_tcp_frame, tcp_payload_offset
-from .ipv4 import Ipv4Packet, Ipv4Repr
-from .tcp import TcpFlags, TcpRepr
+from guest.stack.wire.addr import ipv4, mac
+from guest.stack.wire.checksum import ones_sum
+from guest.stack.wire.ethernet import ETHERTYPE_IPV4, EthernetFrame, EthernetRepr
+from guest.stack.wire.frame import emit_tcp_frame, tcp_payload_offset
+from guest.stack.wire.ipv4 import Ipv4Packet, Ipv4Repr
+from guest.stack.wire.tcp import TcpFlags, TcpRepr
 
 FRAME_LEN = 1514
 

@@ -1,4 +1,4 @@
-"""Our monolithic stack against the kernel on a veth pair: `python3 -m guest.stack.bench_veth`.
+"""Our monolithic stack against the kernel on a veth pair: `python3 -m guest.bench.veth`.
 
 The VM bench measures the paths under emulation; this one measures them natively, on the host
 (or inside a guest), between two network namespaces joined by a veth pair, with the very same
@@ -100,7 +100,7 @@ def _flush(ns: str, iface: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python3 -m guest.stack.bench_veth", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python3 -m guest.bench.veth", description=__doc__)
     ap.add_argument("--seconds", type=float, default=5.0, help="per experiment (default 5)")
     args = ap.parse_args(argv)
     if (why := unavailable_reason()) is not None:

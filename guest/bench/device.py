@@ -1,12 +1,12 @@
 """Frames/s and CPU per frame of the user-level devices: plain packet socket vs PACKET_MMAP.
 
-    python3 -m guest.stack.device.bench_device [--seconds 3] [--size 1514] [--modes ...]
+    python3 -m guest.bench.device [--seconds 3] [--size 1514] [--modes ...]
 
 Self-contained: creates two network namespaces joined by a veth pair (`guest.testing.netns`,
 names prefixed `sbdev`), runs a receiver (`probe recv`) in one and a sender (`probe send`,
 timed) in the other, both with the same device kind, and prints both ends' rates and CPU
-seconds per frame; the namespaces are deleted afterwards whatever happens. Frames are valid Ethernet
-frames to the receiver's MAC with the local experimental ethertype 0x88B5.
+seconds per frame; the namespaces are deleted afterwards whatever happens. Frames are valid
+Ethernet frames to the receiver's MAC with the local experimental ethertype 0x88B5.
 
 Reading the numbers: "CPU us/fr" per end is the process's own user+system time (getrusage).
 On a veth the kernel's receive path (veth -> netif_rx -> the receiver's socket or ring) runs
@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from guest.testing.netns import VethPair, ns_cmd, unavailable_reason, veth_pair
+from guest.traffic.metrics import read_proc_stat
 
-from ...traffic.metrics import read_proc_stat
-
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: mode name -> probe options selecting the device.
 MODES: dict[str, list[str]] = {

@@ -1,4 +1,4 @@
-"""Per-segment cost of the protocol domain: `python3 -m guest.stack.core.bench_core`.
+"""Per-segment cost of the protocol domain: `python3 -m guest.bench.core`.
 
 Receive path: a stream of prebuilt, valid 1514-byte frames (1448-byte TCP payload plus the
 timestamp option) goes into an established connection's `receive_frame`; each is followed by
@@ -25,15 +25,14 @@ import pstats
 import time
 from dataclasses import replace
 
+from guest.stack.core.gso import segment_tso
+from guest.stack.core.netstack import NetStack, TsoFrame
+from guest.stack.core.offload import finish_checksums
 from guest.stack.tcp import TcpConfig
 from guest.stack.wire.ethernet import HEADER_LEN as ETH_LEN
 from guest.stack.wire.frame import emit_tcp_frame
 from guest.stack.wire.ipv4 import Ipv4Packet, Ipv4Repr
 from guest.stack.wire.tcp import TcpRepr
-
-from .gso import segment_tso
-from .netstack import NetStack, TsoFrame
-from .offload import finish_checksums
 
 MAC_A = bytes.fromhex("525400000001")
 MAC_B = bytes.fromhex("525400000002")

@@ -1,4 +1,4 @@
-"""Cost of the app<->stack boundary: `python3 -m guest.stack.session.bench_session`.
+"""Cost of the app<->stack boundary: `python3 -m guest.bench.session`.
 
 Runs, in one go and on this machine, the same three transfers over four paths, the far end
 always being another process:
@@ -31,16 +31,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
+from guest.stack.session.backend import run
+from guest.stack.session.channel import DEFAULT_GEOMETRY
+from guest.stack.session.client import StackClient, StackSocket
+from guest.stack.session.doorbell import Doorbell, Notifier, Waiter
+from guest.stack.session.ring import RingConsumer, RingGeometry, RingProducer
+from guest.stack.session.server import SessionServer
+from guest.stack.session.shm import SharedRegion
+from guest.stack.session.stream import StreamReader, StreamWriter
 from guest.testing.fake_backend import CHARGEN, DISCARD, ECHO, FakeBackend
-
-from .backend import run
-from .channel import DEFAULT_GEOMETRY
-from .client import StackClient, StackSocket
-from .doorbell import Doorbell, Notifier, Waiter
-from .ring import RingConsumer, RingGeometry, RingProducer
-from .server import SessionServer
-from .shm import SharedRegion
-from .stream import StreamReader, StreamWriter
 
 BLOCK = 256 * 1024
 MSG = 64

@@ -1,4 +1,4 @@
-"""What one driver<->protocol crossing costs: `python3 -m guest.stack.factored.bench_link`.
+"""What one driver<->protocol crossing costs: `python3 -m guest.bench.link`.
 
 Two processes joined by a real `FrameLink` (the launcher's shared memory and doorbells),
 measured three ways in one run, so the figures compare:
@@ -26,9 +26,15 @@ import select
 import sys
 import time
 
+from guest.stack.factored.link import (
+    DRIVER,
+    PROTOCOL,
+    SUPER_FRAME,
+    FrameLink,
+    LinkEnd,
+    LinkGeometry,
+)
 from guest.stack.session.ring import RingGeometry
-
-from .link import DRIVER, PROTOCOL, SUPER_FRAME, FrameLink, LinkEnd, LinkGeometry
 
 
 def _sleep_until_inbox(end: LinkEnd, poller: select.poll) -> None:
@@ -146,7 +152,7 @@ def measure(frame_size: int, count: int, rounds: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python3 -m guest.stack.factored.bench_link")
+    ap = argparse.ArgumentParser(prog="python3 -m guest.bench.link")
     ap.add_argument("--frames", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=5_000)
     ap.add_argument("--sizes", default="64,1514,65536", help="frame sizes, comma separated")
