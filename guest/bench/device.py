@@ -48,7 +48,7 @@ MODES: dict[str, list[str]] = {
 
 def _probe(ns: str, args: list[str]) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    argv = ns_cmd(ns, [sys.executable, "-m", "guest.stack.device.probe", *args])
+    argv = ns_cmd(ns, [sys.executable, "-m", "guest.tools.probe", *args])
     return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
 
 

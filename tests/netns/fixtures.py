@@ -73,8 +73,8 @@ def start(ns: str, module: str, *args: str, cpu: int | None = None) -> subproces
 
 
 def probe(ns: str, *args: str) -> subprocess.Popen[str]:
-    """Start `guest.stack.device.probe` in `ns`."""
-    return start(ns, "guest.stack.device.probe", *args)
+    """Start `guest.tools.probe` in `ns`."""
+    return start(ns, "guest.tools.probe", *args)
 
 
 def check(ns: str, name: str, **kwargs: Any) -> subprocess.Popen[str]:

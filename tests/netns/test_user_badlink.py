@@ -2,7 +2,7 @@
 corruption, reordering and delay, in both directions, byte-exact.
 
 This host's kernel has no netem, so the impairment comes from the user-space relay
-(`guest.stack.device.relay`) in a middle namespace: ours (A) —veth— relay (M) —veth— Linux (B).
+(`guest.tools.relay`) in a middle namespace: ours (A) —veth— relay (M) —veth— Linux (B).
 One long-running stack serves both transfers (our source -> Linux sink, then Linux source -> our
 sink), so its final counters cover everything it did. Besides the bytes arriving intact, the
 test checks that the link really was bad (the relay's counts, Linux's checksum errors) and that
@@ -167,7 +167,7 @@ def test_both_directions_through_a_bad_link(chain: VethChain, tmp_path: Path, pa
     with Processes() as procs:
         relay = procs.start(
             chain.ns_m,
-            "guest.stack.device.relay",
+            "guest.tools.relay",
             "--a",
             chain.if_ma,
             "--b",

@@ -28,7 +28,7 @@ Single-threaded: one poll loop reads both sockets and a heap of (due time, frame
 delayed frames; a frame is never held by the kernel side longer than the poll timeout allows.
 It needs only the standard library and root (CAP_NET_RAW), so it runs in a minimal guest too:
 
-    python3 -m guest.stack.device.relay --a eth1 --b eth2 --loss 2% --delay-ms 1 --seed 7
+    python3 -m guest.tools.relay --a eth1 --b eth2 --loss 2% --delay-ms 1 --seed 7
 
 It prints `{"event": "ready", ...}` once both sockets are bound and, on SIGTERM/SIGINT, a final
 `{"event": "stopped", "stats": {"a_to_b": {...}, "b_to_a": {...}}}` line. The interfaces must
@@ -354,7 +354,7 @@ def _non_negative(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python3 -m guest.stack.device.relay",
+        prog="python3 -m guest.tools.relay",
         description="Bridge two interfaces through a seeded impairment model (user-space netem).",
     )
     ap.add_argument("--a", required=True, metavar="IF", help="first interface")

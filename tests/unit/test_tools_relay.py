@@ -11,14 +11,6 @@ import struct
 
 import pytest
 
-from guest.stack.device.relay import (
-    ETH_HLEN,
-    Relay,
-    SeqWatch,
-    build_parser,
-    config_from_args,
-    corrupt_frame,
-)
 from guest.stack.wire.addr import ipv4
 from guest.stack.wire.errors import WireError
 from guest.stack.wire.ethernet import ETHERTYPE_IPV4, EthernetRepr
@@ -26,6 +18,14 @@ from guest.stack.wire.frame import emit_tcp_frame, tcp_payload_offset
 from guest.stack.wire.ipv4 import Ipv4Packet, Ipv4Repr
 from guest.stack.wire.tcp import TcpFlags, TcpRepr
 from guest.testing.impairment import LinkConfig
+from guest.tools.relay import (
+    ETH_HLEN,
+    Relay,
+    SeqWatch,
+    build_parser,
+    config_from_args,
+    corrupt_frame,
+)
 
 SRC, DST = ipv4("198.18.78.1"), ipv4("198.18.78.2")
 MAC_A, MAC_B = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")

@@ -2,8 +2,8 @@
 
 The worker that the device tests and `guest.bench.device` start inside a network namespace::
 
-    python3 -m guest.stack.device.probe recv --kind ring --iface IF [--count N] ...
-    python3 -m guest.stack.device.probe send --kind packet --iface IF --dst MAC --count N ...
+    python3 -m guest.tools.probe recv --kind ring --iface IF [--count N] ...
+    python3 -m guest.tools.probe send --kind packet --iface IF --dst MAC --count N ...
 
 Frames are valid Ethernet frames to `--dst` with the IEEE local experimental ethertype 0x88B5,
 so no protocol on either host reacts to them, and both devices bind that ethertype only, so
@@ -26,11 +26,11 @@ import sys
 import time
 from typing import Any
 
-from . import abi
-from .base import Device
-from .packet import PacketDevice
-from .ring import RingDevice, RingGeometry
-from .vnet import PLAIN_BYTES
+from guest.stack.device import abi
+from guest.stack.device.base import Device
+from guest.stack.device.packet import PacketDevice
+from guest.stack.device.ring import RingDevice, RingGeometry
+from guest.stack.device.vnet import PLAIN_BYTES
 
 SEQ_AT = abi.ETH_HLEN
 _PATTERN_LEN = 1 << 16
