@@ -11,5 +11,7 @@ stand-ins (`guest.testing`); nothing imports a bench except its own tests.
 * `session`: the app<->stack boundary against a socketpair and a bare ring;
 * `link`: one driver<->protocol crossing of the factored stack's copy link;
 * `transmit`: asking for a transmission: the syscall, an io_uring submission, a driver wakeup;
-* `veth`: our monolithic stack against the kernel's on a veth pair, with the traffic tool.
+* `veth`: our monolithic stack against the kernel's on a veth pair, with the traffic tool;
+* `fuzz`: a long fuzz run against a stack with live connections (a package: the testbed and
+  loop in `bench`, the command line in `__main__`; the frames from `guest.testing`).
 """

@@ -1,4 +1,4 @@
-"""The long fuzz benchmark (`guest.stack.core.bench_fuzz`) in miniature.
+"""The long fuzz benchmark (`guest.bench.fuzz`) in miniature.
 
 A couple of thousand frames per seed keep the bench itself honest: every mutator runs, the
 stack survives with no internal error, the post-fuzz transfer works, a seed repeats its run
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from guest.stack.core import bench_fuzz
-from guest.stack.core.bench_fuzz import MUTATORS, main, run_fuzz
+from guest.bench.fuzz.__main__ import main
+from guest.bench.fuzz.bench import run_fuzz
 from guest.stack.core.udp import UdpTable
+from guest.testing.fuzz_frames import MUTATORS, UDP_PORT
 
 FRAMES = 2500
 
@@ -54,7 +55,7 @@ def test_a_crash_in_the_stack_fails_the_run_with_what_replays_it(
     def crash_on_the_bound_port(
         self: UdpTable, dst_port: int, data: memoryview | bytes, src: int, src_port: int
     ) -> int:
-        if dst_port == bench_fuzz.UDP_PORT:  # only fuzz frames go there while fuzzing
+        if dst_port == UDP_PORT:  # only fuzz frames go there while fuzzing
             raise RuntimeError("injected crash")
         return deliver(self, dst_port, data, src, src_port)
 

@@ -182,7 +182,7 @@ def test_run_index_matches_the_stored_pieces(writes: list[tuple[int, int]], limi
 
 
 def test_tiny_out_of_order_segments_are_bounded() -> None:
-    """Regression (found by bench_fuzz): a peer sending 1-byte segments at every other offset
+    """Regression (found by guest.bench.fuzz): a peer sending 1-byte segments at every other offset
     made the buffer store one piece per byte and walk all of them for every ACK ("SegmentSmack":
     ~15 ms per segment with a 64 KiB window). Pieces are now bounded; what is not stored the
     sender resends, and the stream still completes."""
@@ -203,7 +203,7 @@ def test_tiny_out_of_order_segments_are_bounded() -> None:
 
 
 def test_sack_blocks_do_not_walk_every_piece() -> None:
-    """Regression (found by bench_fuzz): `sack_blocks` runs for every ACK and used to rebuild
+    """Regression (found by guest.bench.fuzz): `sack_blocks` runs for every ACK and used to rebuild
     the runs from all pieces; with thousands of pieces that cost milliseconds per segment."""
     rb = ReceiveBuffer(1 << 20)
     for k in range(1, 5001):
@@ -215,7 +215,7 @@ def test_sack_blocks_do_not_walk_every_piece() -> None:
 
 
 def test_scoreboard_ranges_are_bounded() -> None:
-    """Regression (found by bench_fuzz): 1-byte SACK blocks at every other byte grew the
+    """Regression (found by guest.bench.fuzz): 1-byte SACK blocks at every other byte grew the
     scoreboard without bound, and recovery walks it on every ACK (~1 ms per ACK at 6000)."""
     sb = SackScoreboard()
     for k in range(1, 2000):
