@@ -284,6 +284,7 @@ def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False,
     Uses the lab if it is already up (lab.up); otherwise brings one up for the run and tears it
     down afterwards, whatever happens.
     """
+    from host.accel import accel_for
     from host.bench import metadata, run_experiments, save_results
     from host.image import cached_image
     from host.lab import Lab, LabState, terminate_on_sigterm
@@ -311,7 +312,7 @@ def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False,
         for g in guests.values():
             g.close()
     else:
-        with Lab(cfg, accel=accel, progress=_say) as lab:
+        with Lab(cfg, accel=accel_for(cfg.image, accel, progress=_say), progress=_say) as lab:
             state = lab.up()
             records = run_experiments(cfg, state, lab.guest, names, progress=_say, rounds=rounds)
             meta = metadata(cfg, state, lab.image.manifest, rounds)

@@ -4,6 +4,9 @@ Nested KVM can exist and still hang a Linux guest (it does on this project's CI 
 probe boots the real image under KVM and waits for SSH. The answer is cached per host boot, QEMU
 version and kernel release, so the probe's cost (one boot, or a timeout) is paid once.
 `STACKBED_ACCEL=kvm|tcg` overrides the probe.
+
+Whoever starts a lab decides its accelerator here first and hands it to `Lab`: the lab never
+probes for itself, so this module may build a lab (for the probe) without a cycle.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from host.image import Image
+from host.config import parse_lab
+from host.image import Image, build_image, cached_image
+from host.lab import Lab
 from host.paths import host_cache_dir
 
 ACCELS = ("kvm", "tcg")
@@ -58,9 +63,6 @@ def kvm_usable_device() -> str | None:
 
 def probe_kvm(image: Image, progress: Callable[[str], None]) -> tuple[bool, str]:
     """Boot a one-node lab under KVM; (booted, detail)."""
-    from host.config import parse_lab
-    from host.lab import Lab
-
     config = parse_lab(
         f"lab: accel-probe\nimage: {image.name}\nnodes:\n  - name: probe\n", source="<accel probe>"
     )
@@ -104,3 +106,14 @@ def decide_accel(
         + "\n"
     )
     return accel
+
+
+def accel_for(
+    image_name: str, requested: str | None = None, progress: Callable[[str], None] = print
+) -> str:
+    """The accelerator for a lab booting `image_name`: `requested` when the user forced one,
+    else `decide_accel` (which may boot the image, so it is built first if not cached)."""
+    if requested:
+        return requested
+    image = cached_image(image_name) or build_image(image_name, progress=progress)
+    return decide_accel(image, progress=progress)

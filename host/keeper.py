@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 
+from host.accel import ACCELS, accel_for
 from host.config import load_lab
 from host.lab import Lab, terminate_on_sigterm
 
@@ -25,7 +26,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m host.keeper")
     ap.add_argument("config")
     ap.add_argument("--name")
-    ap.add_argument("--accel", choices=["kvm", "tcg"])
+    ap.add_argument("--accel", choices=ACCELS)
     args = ap.parse_args(argv)
     terminate_on_sigterm()
 
@@ -34,7 +35,9 @@ def main(argv: list[str]) -> int:
             print(msg, flush=True)
 
     try:
-        with Lab(load_lab(args.config), name=args.name, accel=args.accel, progress=say) as lab:
+        config = load_lab(args.config)
+        accel = accel_for(config.image, args.accel, progress=say)
+        with Lab(config, name=args.name, accel=accel, progress=say) as lab:
             state = lab.up()
             say(f"READY {state.run_dir}/state.json")
             # Nobody reads our output from here on: point it at /dev/null, not a closed pipe.

@@ -123,13 +123,14 @@ class Lab:
     def __init__(
         self,
         config: LabConfig,
+        *,
+        accel: str,
         name: str | None = None,
-        accel: str | None = None,
         progress: Progress = print,
     ):
         self.config = config
         self.name = name or config.lab
-        self.requested_accel = accel
+        self.accel = accel  # the caller decides (host.accel): a lab never probes for itself
         self.progress = progress
         self.state: LabState | None = None
         self.image: Image | None = None
@@ -211,14 +212,12 @@ class Lab:
             raise
 
     def _up(self) -> LabState:
-        from host.accel import decide_accel
-
         t0 = time.monotonic()
         self.image = cached_image(self.config.image) or build_image(
             self.config.image, progress=self.progress
         )
         self._conn = connect()
-        accel = self.requested_accel or decide_accel(self.image, progress=self.progress)
+        accel = self.accel
         self._slot = allocate_slot(self.name, len(self.config.nodes))
         self._run_dir = self._claim_run_dir()
         run_id = uuid.uuid4().hex[:12]

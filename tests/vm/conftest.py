@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from host.accel import accel_for
 from host.config import load_lab
 from host.lab import Lab
 from host.paths import PROJECT_ROOT, console_log_dir
@@ -47,6 +48,8 @@ def _remove_test_console_logs():
 @pytest.fixture(scope="session")
 def lab():
     """The default 2-node lab, up for the whole session, under a name of its own."""
-    with Lab(load_lab(DEFAULT_CONFIG), name=unique_lab_name("ts"), progress=print) as lab:
+    config = load_lab(DEFAULT_CONFIG)
+    accel = accel_for(config.image)
+    with Lab(config, accel=accel, name=unique_lab_name("ts"), progress=print) as lab:
         lab.up()
         yield lab

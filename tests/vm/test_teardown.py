@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from host.accel import accel_for
 from host.config import load_lab
 from host.lab import Lab, LabState
 from host.paths import PROJECT_ROOT
@@ -63,7 +64,8 @@ def _wait_for_domains(name: str, count: int, timeout: float = 120) -> LabState:
 
 def test_lab_down_leaves_nothing():
     name = unique_lab_name("td")
-    lab = Lab(load_lab(DEFAULT_CONFIG), name=name, progress=print)
+    config = load_lab(DEFAULT_CONFIG)
+    lab = Lab(config, accel=accel_for(config.image), name=name, progress=print)
     state = lab.up()
     ports = [n.ssh_port for n in state.nodes]
     assert len(domains_of(name)) == 2 and all(os.path.exists(n.console_log) for n in state.nodes)
