@@ -8,10 +8,9 @@ Every problem is reported as ``file:line: field.path: message`` so the user can 
 straight to it, and all problems are collected into one :class:`ConfigError` rather than
 stopping at the first, so one edit-run cycle fixes them all.
 
-How line numbers are found: the document is *composed* (parsed to nodes that carry source
-marks), a map from field path (keys and list indices) to line is built from the node tree,
-then the plain data is constructed and validated with pydantic. Each pydantic error ``loc``
-is mapped to the line of the deepest path present in the map. Checks that relate several
+Line numbers come from :mod:`host.yamlpos`, which composes the document with a map from
+field path to line; the data is then validated with pydantic (this module's models), and
+each pydantic error ``loc`` is located through that map. Checks that relate several
 parts of the file (names referring to nodes, overlapping subnets, ...) run afterwards in
 :func:`_cross_reference_problems`, which returns explicit field paths so those errors point
 at the offending entry too, not at the top of the file.
@@ -22,12 +21,10 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -40,13 +37,19 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from guest.stack.device.kinds import DEFAULT_DEVICE, DEVICE_KINDS
 from guest.stack.factored.boundaries import BOUNDARIES, DEFAULT_BOUNDARY
 from guest.stack.offloads import Offloads
 from guest.traffic.providers import PROVIDERS
+from host.yamlpos import (
+    ConfigError,
+    ConfigProblem,
+    Loc,
+    compose,
+    in_file_order,
+    locate,
+)
 
 __all__ = [
     "ALLOWED_PATHS",
@@ -93,46 +96,6 @@ _TYPE_FIELDS: dict[str, tuple[str, ...]] = {
     "resp_size": ("rr",),
 }
 _TYPE_DEFAULTS: dict[str, int] = {"msg_size": 65536, "req_size": 64, "resp_size": 64}
-
-Loc = tuple[str | int, ...]
-
-
-# --------------------------------------------------------------------------- problems
-
-
-@dataclass(frozen=True)
-class ConfigProblem:
-    """One problem in a lab file, located precisely enough for an editor to jump to.
-
-    ``line`` is 1-based (None when the file could not be read at all); ``column`` is only
-    set for YAML syntax errors, where the parser knows it; ``field`` is a path such as
-    ``nodes[1].vcpus`` or empty for problems with the file as a whole.
-    """
-
-    file: str
-    line: int | None
-    field: str
-    message: str
-    column: int | None = None
-
-    def __str__(self) -> str:
-        where = self.file
-        if self.line is not None:
-            where += f":{self.line}"
-            if self.column is not None:
-                where += f":{self.column}"
-        return (
-            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
-        )
-
-
-class ConfigError(Exception):
-    """Raised by :func:`load_lab` with every problem found, one per line in ``str()``."""
-
-    def __init__(self, errors: list[ConfigProblem]) -> None:
-        self.errors = errors
-        super().__init__("\n".join(str(problem) for problem in errors))
-
 
 # --------------------------------------------------------------------------- field types
 
@@ -578,120 +541,6 @@ def _cross_reference_problems(lab: LabConfig) -> list[tuple[Loc, str]]:
     return [*_node_problems(lab), *_link_problems(lab), *_experiment_problems(lab)]
 
 
-# --------------------------------------------------------------------------- YAML + lines
-
-
-class _LineMap:
-    """Walk a composed YAML node tree, recording the line of every field path and
-    reporting duplicate mapping keys (which PyYAML would otherwise silently overwrite)."""
-
-    def __init__(self) -> None:
-        self.lines: dict[Loc, int] = {}
-        self.duplicates: list[tuple[Loc, int, str]] = []
-        self._keys = SafeConstructor()
-        self._active: set[int] = set()
-
-    def walk(self, node: Node, path: Loc, line: int) -> None:
-        self.lines[path] = line
-        if id(node) in self._active:  # recursive alias: stop rather than loop forever
-            return
-        self._active.add(id(node))
-        if isinstance(node, MappingNode):
-            self._walk_mapping(node, path)
-        elif isinstance(node, SequenceNode):
-            for index, item in enumerate(node.value):
-                self.walk(item, (*path, index), item.start_mark.line + 1)
-        self._active.discard(id(node))
-
-    def _walk_mapping(self, node: MappingNode, path: Loc) -> None:
-        seen: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # merged keys are legitimately overridden; no line of their own
-            key = self._key(key_node)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                self.duplicates.append(
-                    ((*path, key), line, f"duplicate key {key!r} (first at line {seen[key]})")
-                )
-            seen.setdefault(key, line)
-            # PyYAML keeps the last value, so validation errors must point at the last one.
-            self.walk(value_node, (*path, key), line)
-
-    def _key(self, node: Node) -> Any:
-        """A hashable identity for a key node; '1' and 1 are different keys in YAML."""
-        if isinstance(node, ScalarNode):
-            value = self._keys.construct_object(node)
-            return value if isinstance(value, str | int) else f"{value}"
-        return f"<{node.id} at line {node.start_mark.line + 1}>"
-
-
-def _yaml_problem(file: str, exc: yaml.YAMLError) -> ConfigProblem:
-    """Turn a PyYAML exception into a file:line:col problem."""
-    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
-        return ConfigProblem(file, None, "", f"YAML error: {exc}")
-    label = (
-        "YAML error" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error"
-    )
-    message = f"{label}: {exc.problem}"
-    if exc.context:
-        at = f", line {exc.context_mark.line + 1}" if exc.context_mark else ""
-        message += f" ({exc.context}{at})"
-    mark = exc.problem_mark
-    return ConfigProblem(file, mark.line + 1, "", message, column=mark.column + 1)
-
-
-def _compose(file: str, text: str) -> tuple[Any, _LineMap]:
-    """Parse to data plus line map; raise ConfigError if there is no usable mapping."""
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-        if root is None:
-            raise ConfigError(
-                [
-                    ConfigProblem(
-                        file, 1, "", "file is empty; a lab needs at least 'lab' and 'nodes'"
-                    )
-                ]
-            )
-        if not isinstance(root, MappingNode):
-            kind = "a list" if isinstance(root, SequenceNode) else f"the scalar {root.value!r}"
-            raise ConfigError(
-                [
-                    ConfigProblem(
-                        file,
-                        root.start_mark.line + 1,
-                        "",
-                        f"the top level must be a mapping (lab:, nodes:, ...), not {kind}",
-                    )
-                ]
-            )
-        lines = _LineMap()
-        lines.walk(root, (), root.start_mark.line + 1)
-        return loader.construct_document(root), lines
-    except yaml.YAMLError as exc:
-        raise ConfigError([_yaml_problem(file, exc)]) from exc
-    finally:
-        loader.dispose()
-
-
-def _format_loc(loc: Loc) -> str:
-    """('nodes', 1, 'vcpus') -> 'nodes[1].vcpus'."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _line_for(loc: Loc, lines: dict[Loc, int]) -> int:
-    """The line of the deepest prefix of ``loc`` present in the file (missing fields and
-    defaulted values have no line of their own, so they point at their parent)."""
-    for depth in range(len(loc), -1, -1):
-        if loc[:depth] in lines:
-            return lines[loc[:depth]]
-    return 1
-
-
 _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "defaults": DefaultsConfig,
     "nodes": NodeConfig,
@@ -721,38 +570,31 @@ def _pydantic_message(error: Any) -> str:
     return message
 
 
-def _problem(file: str, loc: Loc, message: str, lines: dict[Loc, int]) -> ConfigProblem:
-    return ConfigProblem(file, _line_for(loc, lines), _format_loc(loc), message)
-
-
 # --------------------------------------------------------------------------- public API
 
 
 def parse_lab(text: str, source: str = "<string>") -> LabConfig:
     """Validate lab YAML given as text; ``source`` names it in messages."""
-    data, line_map = _compose(source, text)
+    data, line_map = compose(
+        source,
+        text,
+        empty_message="file is empty; a lab needs at least 'lab' and 'nodes'",
+        mapping_hint="lab:, nodes:, ...",
+    )
     lines = line_map.lines
-    problems = [
-        ConfigProblem(source, line, _format_loc(loc), msg) for loc, line, msg in line_map.duplicates
-    ]
+    problems = line_map.duplicate_problems(source)
     try:
         lab = LabConfig.model_validate(data)
     except ValidationError as exc:
         problems += [
-            _problem(source, tuple(err["loc"]), _pydantic_message(err), lines)
-            for err in exc.errors()
+            locate(source, tuple(err["loc"]), _pydantic_message(err), lines) for err in exc.errors()
         ]
-        raise ConfigError(_sorted(problems)) from None
-    problems += [_problem(source, loc, msg, lines) for loc, msg in _cross_reference_problems(lab)]
+        raise ConfigError(in_file_order(problems)) from None
+    problems += [locate(source, loc, msg, lines) for loc, msg in _cross_reference_problems(lab)]
     if problems:
-        raise ConfigError(_sorted(problems))
+        raise ConfigError(in_file_order(problems))
     lab._source_path = source
     return lab
-
-
-def _sorted(problems: list[ConfigProblem]) -> list[ConfigProblem]:
-    """File order, so the report reads top to bottom like the file."""
-    return sorted(problems, key=lambda p: (p.line or 0, p.column or 0, p.field))
 
 
 def load_lab(path: str | Path) -> LabConfig:
