@@ -19,8 +19,7 @@ at the offending entry too, not at the top of the file.
 from __future__ import annotations
 
 import difflib
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,6 +33,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -42,6 +42,9 @@ from guest.stack.device.kinds import DEFAULT_DEVICE, DEVICE_KINDS
 from guest.stack.factored.boundaries import BOUNDARIES, DEFAULT_BOUNDARY
 from guest.stack.offloads import Offloads
 from guest.traffic.providers import PROVIDERS
+from host.experiments import EXPERIMENT_TYPES
+from host.experiments import options as experiment_options
+from host.fields import NO_BOOL, ExperimentName, LabName, LinkName, NodeName
 from host.yamlpos import (
     ConfigError,
     ConfigProblem,
@@ -86,40 +89,15 @@ MAX_LINKS = 254
 #: Each lab slot reserves 128 SSH ports on 127.0.0.1 below the kernel's ephemeral range.
 MAX_NODES = 120
 
-ExperimentType = Literal["stream", "rr", "iperf3", "ping"]
+#: The experiment types, in the registry's order (host/experiments/, one module each).
+ExperimentTypeName = Literal[tuple(EXPERIMENT_TYPES)]
 
-#: Which type-specific knobs make sense for which experiment type. Giving e.g. msg_size
-#: to an rr experiment is almost certainly a copy-paste slip, so it is an error.
-_TYPE_FIELDS: dict[str, tuple[str, ...]] = {
-    "msg_size": ("stream",),
-    "req_size": ("rr",),
-    "resp_size": ("rr",),
-}
-_TYPE_DEFAULTS: dict[str, int] = {"msg_size": 65536, "req_size": 64, "resp_size": 64}
+#: The type-specific options (each type's config fragment), with the types that take each.
+#: Giving e.g. msg_size to an rr experiment is almost certainly a copy-paste slip, so an
+#: option is an error on any other type.
+_OPTIONS = experiment_options()
 
 # --------------------------------------------------------------------------- field types
-
-
-def _matches(regex: str, rule: str) -> Callable[[str], str]:
-    """Build a validator with a readable message; pydantic's default just dumps the regex."""
-    compiled = re.compile(regex)
-
-    def check(value: str) -> str:
-        if not compiled.fullmatch(value):
-            raise ValueError(f"{value!r} is not a valid name: {rule}")
-        return value
-
-    return check
-
-
-def _reject_bool(value: Any) -> Any:
-    """YAML turns yes/no/on/off into booleans, and pydantic would then accept them as 1/0."""
-    if isinstance(value, bool):
-        raise ValueError(
-            f"Input should be a number, not the boolean {str(value).lower()} "
-            "(YAML reads yes/no/on/off/true/false as booleans)"
-        )
-    return value
 
 
 def _check_bench_address(value: IPv4Interface) -> IPv4Interface:
@@ -155,21 +133,6 @@ def _require_cidr_string(value: Any) -> Any:
     return value
 
 
-LabName = Annotated[
-    str, AfterValidator(_matches(r"[a-z][a-z0-9-]{0,23}", "1-24 of a-z 0-9 -, starting a-z"))
-]
-NodeName = Annotated[
-    str, AfterValidator(_matches(r"[a-z][a-z0-9-]{0,15}", "1-16 of a-z 0-9 -, starting a-z"))
-]
-LinkName = Annotated[
-    str, AfterValidator(_matches(r"[a-z][a-z0-9-]{0,32}", "1-33 of a-z 0-9 -, starting a-z"))
-]
-ExperimentName = Annotated[
-    str,
-    AfterValidator(
-        _matches(r"[a-z0-9][a-z0-9._-]{0,47}", "1-48 of a-z 0-9 . _ -, starting a-z or 0-9")
-    ),
-]
 BenchAddress = Annotated[
     IPv4Interface, BeforeValidator(_require_cidr_string), AfterValidator(_check_bench_address)
 ]
@@ -177,14 +140,11 @@ AddressPair = Annotated[list[BenchAddress], Field(min_length=2, max_length=2)]
 EndpointPair = Annotated[list[NodeName], Field(min_length=2, max_length=2)]
 
 
-_NO_BOOL = BeforeValidator(_reject_bool)
-Vcpus = Annotated[int, _NO_BOOL, Field(ge=1, le=8)]
-MemoryMib = Annotated[int, _NO_BOOL, Field(ge=256, le=16384)]
-Mtu = Annotated[int, _NO_BOOL, Field(ge=68, le=9216)]
-MsgSize = Annotated[int, _NO_BOOL, Field(ge=1, le=1048576)]
-RrSize = Annotated[int, _NO_BOOL, Field(ge=1, le=65536)]
-Repeat = Annotated[int, _NO_BOOL, Field(ge=1, le=100)]
-DurationS = Annotated[float, _NO_BOOL, Field(gt=0, le=3600)]
+Vcpus = Annotated[int, NO_BOOL, Field(ge=1, le=8)]
+MemoryMib = Annotated[int, NO_BOOL, Field(ge=256, le=16384)]
+Mtu = Annotated[int, NO_BOOL, Field(ge=68, le=9216)]
+Repeat = Annotated[int, NO_BOOL, Field(ge=1, le=100)]
+DurationS = Annotated[float, NO_BOOL, Field(gt=0, le=3600)]
 
 
 class _Strict(BaseModel):
@@ -303,25 +263,17 @@ class StackOptions(_Strict):
         return str(Offloads.parse(value))  # ValueError names the unknown lever
 
 
-class ExperimentConfig(_Strict):
-    """One measurement. Type-specific sizes are None for types they do not apply to."""
+class _ExperimentCommon(_Strict):
+    """The fields of every experiment, whatever its type; ExperimentConfig adds the types'
+    options after them, then the common fields that follow in the file's documented order."""
 
     name: ExperimentName
-    type: ExperimentType
+    type: ExperimentTypeName
     path: str = "kernel"
     client: NodeName
     server: NodeName
     link: LinkName | None = None
     duration_s: DurationS = 10.0
-    msg_size: MsgSize | None = None
-    req_size: RrSize | None = None
-    resp_size: RrSize | None = None
-    repeat: Repeat = 1
-    stack: StackOptions = Field(default_factory=StackOptions)
-    #: Another experiment of the same type that this one is compared with: the report shows
-    #: this one's throughput (stream) or p50 latency (rr) as a ratio of the baseline's, paired
-    #: round by round (`invoke bench --rounds N`).
-    baseline: ExperimentName | None = None
 
     @field_validator("path")
     @classmethod
@@ -337,22 +289,38 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"client and server must be different nodes; both are {value!r}")
         return value
 
-    @field_validator("msg_size", "req_size", "resp_size")
+    @field_validator(*_OPTIONS, check_fields=False)
     @classmethod
-    def _applies_to_type(cls, value: int | None, info: ValidationInfo) -> int | None:
+    def _applies_to_type(cls, value: Any, info: ValidationInfo) -> Any:
         kind = info.data.get("type")
         field = info.field_name or ""
-        if value is not None and kind is not None and kind not in _TYPE_FIELDS[field]:
-            wanted = " or ".join(_TYPE_FIELDS[field])
+        owners = _OPTIONS[field][1]
+        if value is not None and kind is not None and kind not in owners:
+            wanted = " or ".join(owners)
             raise ValueError(f"{field} only applies to {wanted} experiments, not {kind}")
         return value
 
     @model_validator(mode="after")
-    def _type_defaults(self) -> ExperimentConfig:
-        for field, types in _TYPE_FIELDS.items():
-            if self.type in types and getattr(self, field) is None:
-                setattr(self, field, _TYPE_DEFAULTS[field])
+    def _type_defaults(self) -> _ExperimentCommon:
+        for field, (option, owners) in _OPTIONS.items():
+            if self.type in owners and getattr(self, field) is None:
+                setattr(self, field, option.default)
         return self
+
+
+ExperimentConfig = create_model(
+    "ExperimentConfig",
+    __base__=_ExperimentCommon,
+    __module__=__name__,
+    __doc__="One measurement. Type-specific options are None for types they do not apply to.",
+    **{name: (option.annotation | None, None) for name, (option, _owners) in _OPTIONS.items()},
+    repeat=(Repeat, 1),
+    stack=(StackOptions, Field(default_factory=StackOptions)),
+    # Another experiment of the same type that this one is compared with: the report shows
+    # this one's compared figure (the type's: throughput for stream, p50 latency for rr) as
+    # a ratio of the baseline's, paired round by round (`invoke bench --rounds N`).
+    baseline=(ExperimentName | None, None),
+)
 
 
 def _none_as_empty(value: Any) -> Any:
@@ -508,11 +476,6 @@ def _experiment_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
     yield from _baseline_problems(lab)
 
 
-#: The experiment types that can name a baseline, each with the figure the report compares
-#: (the key in a run's result, and what it is called).
-COMPARED_FIGURE = {"stream": ("mbit_per_s", "throughput"), "rr": ("p50_us", "p50 latency")}
-
-
 def _baseline_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
     by_name = {exp.name: exp for exp in lab.experiments}
     for index, exp in enumerate(lab.experiments):
@@ -520,8 +483,8 @@ def _baseline_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
             continue
         where: Loc = ("experiments", index, "baseline")
         other = by_name.get(exp.baseline)
-        if exp.type not in COMPARED_FIGURE:
-            kinds = " and ".join(COMPARED_FIGURE)
+        if EXPERIMENT_TYPES[exp.type].compared is None:
+            kinds = " and ".join(n for n, t in EXPERIMENT_TYPES.items() if t.compared)
             yield where, f"only {kinds} experiments are compared with a baseline, not {exp.type}"
         elif exp.baseline == exp.name:
             yield where, "an experiment cannot be its own baseline"

@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from guest.stack.factored.boundaries import BOUNDARIES
-from host.config import COMPARED_FIGURE
+from host.experiments import EXPERIMENT_TYPES
+from host.experiments.base import Column
 
 
 def load(path: Path) -> dict:
@@ -25,6 +26,16 @@ def _pct(value, digits: int = 0) -> str:
     return "-" if value is None else f"{value * 100:.{digits}f}%"
 
 
+def figure_columns() -> list[Column]:
+    """The results table's figure columns: every column some experiment type fills, by rank."""
+    columns = {column for kind in EXPERIMENT_TYPES.values() for column in kind.columns}
+    return sorted(columns, key=lambda column: column.rank)
+
+
+def _cell(column: Column, value) -> str:
+    return _pct(value) if column.percent else _fmt(value, column.spec)
+
+
 def results_table(data: dict) -> Table:
     meta = data["metadata"]
     title = (
@@ -32,34 +43,21 @@ def results_table(data: dict) -> Table:
         f"{meta['host']['qemu']} · guest kernel {meta['guest_kernel']}"
     )
     table = Table(title=title, title_justify="left")
-    for col, justify in (
-        ("experiment", "left"),
-        ("type", "left"),
-        ("path", "left"),
-        ("Mbit/s", "right"),
-        ("trans/s", "right"),
-        ("p50 µs", "right"),
-        ("p99 µs", "right"),
-        ("client CPU", "right"),
-        ("server CPU", "right"),
-        ("host CPU", "right"),
-        ("rexmit", "right"),
-        ("check", "left"),
-    ):
-        table.add_column(col, justify=justify)
+    for col in ("experiment", "type", "path"):
+        table.add_column(col, justify="left")
+    columns = figure_columns()
+    for column in columns:
+        table.add_column(column.title, justify="right")
+    table.add_column("check", justify="left")
     for rec in data["results"]:
         s = rec["summary"] or {}
-        if rec["type"] == "ping":
-            p50, p99 = s.get("rtt_avg_us"), s.get("rtt_max_us")
-        else:
-            p50, p99 = s.get("p50_us"), s.get("p99_us")
+        kind = EXPERIMENT_TYPES.get(rec["type"])
+        keys = kind.columns if kind else {}  # a type no longer known: its figures unshown
         if rec["errors"]:
             check = f"[red]FAILED[/red] {rec['errors'][0][:60]}"
-        elif rec["type"] == "stream":
-            check = "[green]sha256 ok[/green]"
         else:
-            check = "ok"
-        path = "kernel (iperf3)" if rec["type"] == "iperf3" else rec["path"]
+            check = kind.check if kind else "ok"
+        path = (kind and kind.path_label) or rec["path"]
         opts = rec.get("stack") or {}
         if opts:
             notes = [opts["offload"]]
@@ -70,26 +68,16 @@ def results_table(data: dict) -> Table:
                 link = BOUNDARIES.get(opts.get("link", "copy"))
                 notes.append(link.label if link else str(opts.get("link")))
             path += f" ({'; '.join(notes)})"
-        table.add_row(
-            rec["experiment"],
-            rec["type"],
-            path,
-            _fmt(s.get("mbit_per_s"), ".1f"),
-            _fmt(s.get("transactions_per_s")),
-            _fmt(p50),
-            _fmt(p99),
-            _pct(s.get("client_cpu")),
-            _pct(s.get("server_cpu")),
-            _pct(s.get("host_cpu")),
-            _fmt(s.get("retransmits")),
-            check,
-        )
+        cells = [
+            _cell(column, s.get(keys[column]) if column in keys else None) for column in columns
+        ]
+        table.add_row(rec["experiment"], rec["type"], path, *cells, check)
     boots = ", ".join(f"{k} {v:.1f} s" for k, v in meta["boot_seconds"].items() if v is not None)
     table.caption = (
         f"image {meta['image']['name']}-{meta['image']['digest']} · boot to SSH: "
         f"{boots} · commit {(meta['git_commit'] or 'unknown')[:10]}"
-        f"{' (dirty)' if meta['git_dirty'] else ''} · "
-        f"p50/p99 for ping are avg/max RTT"
+        f"{' (dirty)' if meta['git_dirty'] else ''}"
+        + "".join(f" · {kind.note}" for kind in EXPERIMENT_TYPES.values() if kind.note)
         + (f" · medians of {meta['rounds']} rounds" if meta.get("rounds", 1) > 1 else "")
     )
     return table
@@ -115,9 +103,10 @@ def comparisons(results: list[dict]) -> list[dict]:
     by_name = {rec["experiment"]: rec for rec in results}
     out = []
     for rec in results:
-        if not rec.get("baseline") or rec["type"] not in COMPARED_FIGURE:
+        kind = EXPERIMENT_TYPES.get(rec["type"])
+        if not rec.get("baseline") or kind is None or kind.compared is None:
             continue
-        key, figure = COMPARED_FIGURE[rec["type"]]
+        key, figure = kind.compared.key, kind.compared.figure
         entry: dict = {"experiment": rec["experiment"], "baseline": rec["baseline"]}
         entry |= {"figure": figure, "key": key, "ratios": [], "rounds": []}
         base = by_name.get(rec["baseline"])
@@ -182,6 +171,11 @@ def print_results(data: dict, console: Console | None = None) -> None:
         console.print(table)
 
 
+def _plot_panel(record: dict) -> str | None:
+    kind = EXPERIMENT_TYPES.get(record["type"])
+    return kind.plot if kind else None
+
+
 def plot(paths: list[Path], out: Path) -> Path:
     """Throughput and latency per experiment; several result files are overlaid as groups."""
     import matplotlib
@@ -197,7 +191,7 @@ def plot(paths: list[Path], out: Path) -> Path:
         tp = [
             (r["experiment"], (r["summary"] or {}).get("mbit_per_s"))
             for r in data["results"]
-            if r["type"] in ("stream", "iperf3")
+            if _plot_panel(r) == "throughput"
         ]
         lat = [
             (
@@ -206,7 +200,7 @@ def plot(paths: list[Path], out: Path) -> Path:
                 (r["summary"] or {}).get("p99_us"),
             )
             for r in data["results"]
-            if r["type"] == "rr"
+            if _plot_panel(r) == "latency"
         ]
         ax_tp.bar(
             [j + i * width for j in range(len(tp))], [v or 0 for _, v in tp], width, label=label

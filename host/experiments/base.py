@@ -1,0 +1,84 @@
+"""What every experiment type is made of, and what its runner is given.
+
+An experiment type is one module in this folder exposing `TYPE`, an :class:`ExperimentType`:
+its name in lab files, its runner, the options of a lab file's experiment entry that only it
+takes (its config fragment), and how the report shows its results (table columns, the figure
+a `baseline:` comparison uses, the plot it goes in). The registry (`host.experiments`) lists
+the types; host.config, host.bench and host.report only ever go through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from host.config import ExperimentConfig
+    from host.ssh import Guest
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass
+class Target:
+    """Everything an experiment needs: who talks to whom, at which address."""
+
+    exp: ExperimentConfig
+    client: Guest
+    server: Guest
+    server_ip: str
+    port: int
+    client_path: str = "--path kernel"  # the traffic tool's path options on each side
+    server_path: str = "--path kernel"
+
+
+@dataclass(frozen=True)
+class Option:
+    """A field of an experiment entry that only some types take: its pydantic type and the
+    default those types get. Any other type refuses the field."""
+
+    annotation: Any
+    default: Any
+
+
+@dataclass(frozen=True)
+class Column:
+    """A numeric column of the results table; columns sit left to right by `rank`."""
+
+    title: str
+    rank: int
+    spec: str = ".0f"
+    percent: bool = False  # a fraction, shown as a percentage (spec unused)
+
+
+@dataclass(frozen=True)
+class Compared:
+    """The figure a `baseline:` comparison uses: the key in a run's result, and its name."""
+
+    key: str
+    figure: str
+
+
+@dataclass(frozen=True)
+class ExperimentType:
+    name: str
+    #: Drive the guests for one run; the dict of figures is saved as the run (raise
+    #: BenchError on failure).
+    run: Callable[[Target], dict]
+    #: The config fragment: fields only this type takes (another type may share one).
+    options: dict[str, Option] = field(default_factory=dict)
+    #: The table's columns this type fills, each with the key of the summary it shows.
+    columns: dict[Column, str] = field(default_factory=dict)
+    #: None: this type cannot name a baseline.
+    compared: Compared | None = None
+    #: The check column of a run without errors.
+    check: str = "ok"
+    #: What the path column says instead of the experiment's path, if anything.
+    path_label: str | None = None
+    #: The plot's panel: throughput (mbit_per_s) or latency (p50_us, p99_us), or none.
+    plot: Literal["throughput", "latency"] | None = None
+    #: A note for the table's caption.
+    note: str | None = None
