@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
-    from host.config import ExperimentConfig
     from host.ssh import Guest
 
 
@@ -22,11 +21,22 @@ class BenchError(RuntimeError):
     pass
 
 
+class ExperimentEntry(Protocol):
+    """What a runner reads of its lab-file entry (`host.config.ExperimentConfig`, which is
+    built from this registry, so naming it here would close a cycle). The options a type
+    declares are further attributes of the entry, by their names."""
+
+    name: str
+    duration_s: float
+
+    def __getattr__(self, option: str) -> Any: ...
+
+
 @dataclass
 class Target:
     """Everything an experiment needs: who talks to whom, at which address."""
 
-    exp: ExperimentConfig
+    exp: ExperimentEntry
     client: Guest
     server: Guest
     server_ip: str
