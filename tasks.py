@@ -362,8 +362,10 @@ def test(c, unit=False, k=None):
 
 @task
 def lint(c):
-    """ruff check and format check."""
+    """ruff check and format check, then the layer map (CONTRIBUTING.md) with import-linter."""
     c.run(f"{sys.executable} -m ruff check . && {sys.executable} -m ruff format --check .")
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    c.run(f"{lint_imports} --no-cache", env={"PYTHONPATH": str(ROOT)})
 
 
 ns = Collection(doctor, bench, plot, show, test, lint)
