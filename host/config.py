@@ -229,6 +229,13 @@ class LinkConfig(_Strict):
         return self.addresses[self.endpoints.index(node)]
 
 
+#: The stack options whose choices are the guest's registries, by field.
+_REGISTRIES: dict[str, tuple[str, ...]] = {
+    "device": tuple(DEVICE_KINDS),
+    "link": tuple(BOUNDARIES),
+}
+
+
 class StackOptions(_Strict):
     """How a user-level path's stack is started for the run (ignored by the kernel path)."""
 
@@ -243,18 +250,13 @@ class StackOptions(_Strict):
     #: guest/stack/factored/boundaries.py, names them).
     link: str = DEFAULT_BOUNDARY
 
-    @field_validator("device")
+    @field_validator("device", "link")
     @classmethod
-    def _known_device(cls, value: str) -> str:
-        if value not in DEVICE_KINDS:
-            raise ValueError(f"device {value!r} is not one of {', '.join(DEVICE_KINDS)}")
-        return value
-
-    @field_validator("link")
-    @classmethod
-    def _known_link(cls, value: str) -> str:
-        if value not in BOUNDARIES:
-            raise ValueError(f"link {value!r} is not one of {', '.join(BOUNDARIES)}")
+    def _registered(cls, value: str, info: ValidationInfo) -> str:
+        """A choice the guest's registry for this field (`_REGISTRIES`) has."""
+        names = _REGISTRIES[str(info.field_name)]
+        if value not in names:
+            raise ValueError(f"{info.field_name} {value!r} is not one of {', '.join(names)}")
         return value
 
     @field_validator("offload")
