@@ -988,57 +988,96 @@ class TcpConnection:
     # ------------------------------------------------------------------ output
 
     def _output(self, now: float, out: list[TcpRepr]) -> None:
-        """Emit retransmissions, new data and FIN as windows, Nagle and SWS rules allow."""
-        cfg = self.config
-        tx = self._tx
-        sb = self._sb
+        """Emit retransmissions, new data and FIN as windows, Nagle and SWS rules allow.
+
+        Repairs go first (the head of the queue, then the SACK holes), so that new data never
+        takes the congestion window a loss recovery needs.
+        """
+        mss = self._burst_mss()
+        if self._rtx_head:
+            self._retransmit_head(out, mss, now)
         cc = self._cc
+        pipe = self._sack_retransmit(out, mss, now) if cc.in_recovery and cc.sack_mode else None
+        if self.config.slow_start_after_idle:
+            self._restart_after_idle(now)
+        self._send_from_snd_nxt(out, mss, pipe, now)
+        self._update_persist_timer(now)
+
+    def _burst_mss(self) -> int:
+        """Payload of a full segment in this burst.
+
+        While out-of-order data makes every segment carry SACK blocks, the option's room comes
+        out of the MSS (RFC 9293 section 3.7.1: options count against the segment size).
+        """
         mss = self._mss
         if self._sack_enabled and self._rx.has_ooo:
-            # Leave room for the SACK option in every segment of this burst.
             nblocks = len(self._rx.sack_blocks(self._max_sack))
             mss = max(mss - sack_option_space(nblocks), 1)
+        return mss
+
+    def _retransmit_head(self, out: list[TcpRepr], mss: int, now: float) -> None:
+        """Resend the segment at SND.UNA, as fast retransmit (RFC 5681 section 3.2), a NewReno
+        partial ACK (RFC 6582) or a timeout (RFC 6298 section 5.4) asked; it stops at the
+        first SACKed byte (RFC 6675)."""
+        self._rtx_head = False
+        seq = self.snd_una
+        if seq >= self.snd_max:
+            return
         fin_seq = self._fin_seq
+        data_end = self._tx_seq + len(self._tx)
+        # Within the peer's window, but at least one octet so that a closed window is probed
+        # too (RFC 9293 section 3.8.6.1).
+        n = min(mss, max(data_end - seq, 0), max(self.snd_wnd, 1))
+        if self._sb:
+            n = self._clip_to_hole(seq, n)
+        fin = fin_seq is not None and seq + n == fin_seq and fin_seq < self.snd_max
+        if n > 0 or fin:
+            if self._rtx_head_timeout:
+                self._stats.retransmits_timeout += 1
+            else:
+                self._stats.retransmits_fast += 1
+            self._emit(out, seq, n, fin, now)
+            if seq + n > self._high_rxt:
+                self._high_rxt = seq + n
 
-        if self._rtx_head:
-            self._rtx_head = False
-            seq = self.snd_una
-            if seq < self.snd_max:
-                data_end = self._tx_seq + len(tx)
-                # Within the peer's window, but at least one octet so that a closed window
-                # is probed too (RFC 9293 section 3.8.6.1).
-                n = min(mss, max(data_end - seq, 0), max(self.snd_wnd, 1))
-                if sb:
-                    hole_end = sb.next_sacked_start(seq)
-                    if hole_end is not None and hole_end - seq < n:
-                        n = hole_end - seq
-                fin = fin_seq is not None and seq + n == fin_seq and fin_seq < self.snd_max
-                if n > 0 or fin:
-                    if self._rtx_head_timeout:
-                        self._stats.retransmits_timeout += 1
-                    else:
-                        self._stats.retransmits_fast += 1
-                    self._emit(out, seq, n, fin, now)
-                    if seq + n > self._high_rxt:
-                        self._high_rxt = seq + n
-        sack_recovery = cc.in_recovery and cc.sack_mode
-        pipe = self._sack_retransmit(out, mss, now) if sack_recovery else 0
+    def _clip_to_hole(self, seq: int, n: int) -> int:
+        """Shorten a resend at `seq` to end where the peer's SACKed data begins: those bytes
+        arrived already (RFC 2018 section 1, RFC 6675 section 5)."""
+        hole_end = self._sb.next_sacked_start(seq)
+        if hole_end is not None and hole_end - seq < n:
+            return hole_end - seq
+        return n
 
+    def _restart_after_idle(self, now: float) -> None:
+        """RFC 5681 section 4.1: after an idle period longer than one RTO the ACK clock is
+        gone, so restart from the initial window instead of bursting a stale cwnd."""
         if (
-            cfg.slow_start_after_idle
-            and self.snd_max == self.snd_una
+            self.snd_max == self.snd_una
             and self._last_send_time is not None
             and now - self._last_send_time > self._rto.rto
         ):
-            cc.on_idle_restart()
+            self._cc.on_idle_restart()
 
+    def _send_from_snd_nxt(
+        self, out: list[TcpRepr], mss: int, pipe: int | None, now: float
+    ) -> None:
+        """Send segments from SND.NXT on: new data, the go-back-N resend after a timeout, and
+        the FIN once every queued byte went out (RFC 9293 section 3.10.4).
+
+        `pipe` is RFC 6675's estimate of the bytes in flight during a SACK recovery, None
+        outside one.
+        """
+        tx = self._tx
+        sb = self._sb
+        fin_seq = self._fin_seq
         force = self._force_send
         self._force_send = False
         # New data may leave in TSO super-segments of whole MSS multiples, unless SACK blocks
         # shrink the MSS of this burst (the device would replicate a header of changing size).
         burst = mss
-        if cfg.tso_size > mss and mss == self._mss:
-            burst = cfg.tso_size - cfg.tso_size % mss
+        tso_size = self.config.tso_size
+        if tso_size > mss and mss == self._mss:
+            burst = tso_size - tso_size % mss
         while True:
             seq = self.snd_nxt
             snd_max = self.snd_max
@@ -1049,60 +1088,79 @@ class TcpConnection:
                     self.snd_nxt = seq = skip
                     continue
             data_end = self._tx_seq + len(tx)
-            if seq < data_end:
-                una = self.snd_una
-                avail = data_end - seq
-                wnd_edge = una + self.snd_wnd
-                if sack_recovery:
-                    edge = seq + cc.cwnd - pipe  # RFC 6675: send while cwnd - pipe allows
-                else:
-                    cwnd = cc.cwnd
-                    if cfg.limited_transmit and 0 < cc.dup_acks < 3 and seq >= snd_max:
-                        cwnd += cc.dup_acks * cc.mss  # RFC 3042
-                    edge = una + cwnd
-                if wnd_edge < edge:
-                    edge = wnd_edge
-                n = edge - seq
-                if force and n <= 0 and self.snd_wnd > 0:
-                    n = wnd_edge - seq
-                cap = burst if seq >= snd_max else mss
-                if n > cap:
-                    n = cap
-                if n > avail:
-                    n = avail
-                elif n > mss:
-                    n -= n % mss  # a short tail would be a silly-window segment mid-stream
-                if seq < snd_max and sb:
-                    hole_end = sb.next_sacked_start(seq)
-                    if hole_end is not None and hole_end - seq < n:
-                        n = hole_end - seq
-                if n <= 0:
-                    break
-                if n < mss and seq >= snd_max and not force:
-                    if n < avail:
-                        # Sender SWS avoidance (RFC 9293 3.8.6.2.1): a partial segment only
-                        # when it is at least half the largest window the peer offered.
-                        if seq + n < wnd_edge or n < (self.max_snd_wnd + 1) // 2:
-                            break
-                    elif not cfg.nodelay and una < seq and fin_seq is None:
-                        break  # Nagle (RFC 9293 3.7.4): one small segment in flight at most
-                fin = fin_seq is not None and seq + n == fin_seq
-                if seq < snd_max:
-                    self._stats.retransmits_timeout += 1
-                self._emit(out, seq, n, fin, now)
+            if seq >= data_end:
+                if fin_seq is not None and seq == fin_seq:
+                    if seq < snd_max:
+                        self._stats.retransmits_timeout += 1
+                    self._emit(out, seq, 0, True, now)
+                return
+            avail = data_end - seq
+            n = self._usable_window(seq, pipe, force)
+            cap = burst if seq >= snd_max else mss
+            if n > cap:
+                n = cap
+            if n > avail:
+                n = avail
+            elif n > mss:
+                n -= n % mss  # a short tail would be a silly-window segment mid-stream
+            if seq < snd_max and sb:
+                n = self._clip_to_hole(seq, n)
+            if n <= 0:
+                return
+            if n < mss and seq >= snd_max and not force and self._defer_small(seq, n, avail):
+                return
+            fin = fin_seq is not None and seq + n == fin_seq
+            if seq < snd_max:
+                self._stats.retransmits_timeout += 1
+            self._emit(out, seq, n, fin, now)
+            if pipe is not None:
                 pipe += n
-                force = False
-                continue
-            if fin_seq is not None and seq == fin_seq:
-                if seq < snd_max:
-                    self._stats.retransmits_timeout += 1
-                self._emit(out, seq, 0, True, now)
-            break
+            force = False
 
-        # Persist timer: armed only while nothing is in flight and data waits for a window.
+    def _usable_window(self, seq: int, pipe: int | None, force: bool) -> int:
+        """Octets from `seq` that the peer's window and the congestion window allow now.
+
+        The lower of the two right edges: SND.UNA + SND.WND (RFC 9293 section 3.8.6) and
+        SND.UNA + cwnd (RFC 5681), cwnd widened by RFC 3042 limited transmit on the first two
+        duplicate ACKs; in a SACK recovery, cwnd - pipe instead (RFC 6675 section 5). When the
+        persist timer `force`s a send, only the peer's window counts (RFC 9293 3.8.6.2.1).
+        """
+        cc = self._cc
+        una = self.snd_una
+        wnd_edge = una + self.snd_wnd
+        if pipe is not None:
+            edge = seq + cc.cwnd - pipe
+        else:
+            cwnd = cc.cwnd
+            dup_acks = cc.dup_acks
+            if self.config.limited_transmit and 0 < dup_acks < 3 and seq >= self.snd_max:
+                cwnd += dup_acks * cc.mss  # RFC 3042
+            edge = una + cwnd
+        if wnd_edge < edge:
+            edge = wnd_edge
+        n = edge - seq
+        if force and n <= 0 and self.snd_wnd > 0:
+            n = wnd_edge - seq
+        return n
+
+    def _defer_small(self, seq: int, n: int, avail: int) -> bool:
+        """Hold back a new segment of `n` < MSS octets at `seq`; `avail` octets are queued.
+
+        Sender SWS avoidance (RFC 9293 section 3.8.6.2.1) when more data waits: a partial
+        segment goes only if it fills the window and is at least half the largest window
+        the peer offered. Nagle (RFC 9293 section 3.7.4) when it is the tail: it waits while
+        earlier data is unacknowledged, unless the FIN follows it.
+        """
+        if n < avail:
+            return seq + n < self.snd_una + self.snd_wnd or n < (self.max_snd_wnd + 1) // 2
+        return not self.config.nodelay and self.snd_una < seq and self._fin_seq is None
+
+    def _update_persist_timer(self, now: float) -> None:
+        """RFC 9293 section 3.8.6.1: the persist timer runs only while nothing is in flight
+        (no ACK will come to reopen the window) and queued data waits for a window."""
         if self.snd_max > self.snd_una:
             self._persist_deadline = None
-        elif self.snd_nxt < self._tx_seq + len(tx):
+        elif self.snd_nxt < self._tx_seq + len(self._tx):
             if self._persist_deadline is None:
                 self._persist_deadline = now + self._persist_interval()
         else:
