@@ -476,100 +476,151 @@ class TcpConnection:
         self._mss = max(neg.payload_mss, 1)
 
     def _arrive(self, seg: TcpRepr, now: float) -> None:
-        """RFC 9293 section 3.10.7.4: SYN-RECEIVED and the synchronized states."""
-        st = self.state
+        """RFC 9293 section 3.10.7.4: SYN-RECEIVED and the synchronized states, check by check."""
         flags = int(seg.flags)
         payload = seg.payload
         plen = len(payload)
         seq = unwrap(seg.seq, self.rcv_nxt)
-
-        if flags & _SYN and st is TcpState.SYN_RECEIVED and seq == self.irs:
-            if not flags & (_ACK | _RST | _FIN):
-                # The peer retransmitted its SYN: our SYN-ACK was lost (Linux resends it).
-                self._syn_pending = True
+        if flags & _SYN and self.state is TcpState.SYN_RECEIVED and seq == self.irs:
+            seq_flags = self._syn_in_syn_received(seq, flags)
+            if seq_flags is None:
                 return
-            if flags & _ACK and not flags & _RST:
-                # Simultaneous open (RFC 9293 figure 8): the peer's SYN-ACK. Its SYN is old
-                # news, its ACK completes our half of the handshake.
-                seq += 1
-                flags &= ~_SYN
+            seq, flags = seq_flags
+        if self._ts_enabled and self._timestamp_rejects(seg.timestamp, flags, plen, now):
+            return
+        # First check: sequence number acceptability.
+        if not self._seq_acceptable(seq, plen, flags):
+            self._reject_unacceptable(seq, plen, flags, now)
+            return
+        self._last_rx_time = now
+        self._ka_probes = 0
+        # Second check: RST. (The third, IP security compartments, does not apply.)
+        if flags & _RST:
+            self._on_rst(seq, now)
+            return
+        # Fourth check: SYN.
+        if flags & _SYN:
+            self._on_syn(now)
+            return
+        # Fifth check: ACK; a segment without one is dropped.
+        if not flags & _ACK or not self._check_ack(seg, seq, plen, flags, now):
+            return
+        st = self.state
+        if st is _CLOSED or st is TcpState.TIME_WAIT:
+            return
+        # Sixth check (URG) is not supported: RFC 6093 discourages new uses of it.
+        # Seventh and eighth: segment text and FIN.
+        if (plen or flags & _FIN) and st in CAN_RECEIVE:
+            self._process_text(seq, payload, bool(flags & _FIN), bool(flags & _PSH), now)
 
-        ts = seg.timestamp
-        if self._ts_enabled:
-            if ts is None:
-                if not flags & _RST:
-                    return  # RFC 7323 section 3.2: drop non-RST segments without TSopt.
-            elif (
-                self.config.paws
-                and not flags & _RST
-                and seq_lt(ts[0], self._ts_recent)
-                and now - self._ts_recent_time <= _PAWS_IDLE
-            ):
-                # RFC 7323 section 5.3 R1: an old duplicate; acknowledge and drop.
-                self._stats.unacceptable_in += 1
-                self._oow_ack(now, plen)
-                return
+    def _syn_in_syn_received(self, seq: int, flags: int) -> tuple[int, int] | None:
+        """The peer's SYN again while in SYN-RECEIVED; returns the (SEG.SEQ, flags) to go on
+        with, or None when the segment has been dealt with.
 
-        # First check: sequence number acceptability (section 3.10.7.4).
+        A bare SYN is a retransmission: our SYN-ACK was lost, so resend it (as Linux does)
+        rather than challenge it. A SYN-ACK is the peer's half of a simultaneous open (RFC 9293
+        figure 8): its SYN is old news, its ACK completes our half of the handshake.
+        """
+        if not flags & (_ACK | _RST | _FIN):
+            self._syn_pending = True
+            return None
+        if flags & _ACK and not flags & _RST:
+            return seq + 1, flags & ~_SYN
+        return seq, flags
+
+    def _timestamp_rejects(
+        self, ts: tuple[int, int] | None, flags: int, plen: int, now: float
+    ) -> bool:
+        """Whether RFC 7323 drops the segment before the sequence check, once timestamps are
+        in use: a non-RST segment without TSopt (section 3.2), or an old duplicate whose TSval
+        went backwards (PAWS, section 5.3 R1), which is acknowledged."""
+        if ts is None:
+            return not flags & _RST
+        if (
+            self.config.paws
+            and not flags & _RST
+            and seq_lt(ts[0], self._ts_recent)
+            and now - self._ts_recent_time <= _PAWS_IDLE
+        ):
+            self._stats.unacceptable_in += 1
+            self._oow_ack(now, plen)
+            return True
+        return False
+
+    def _seq_acceptable(self, seq: int, plen: int, flags: int) -> bool:
+        """RFC 9293 section 3.10.7.4 first check: does the segment fall in the receive window?
+
+        Two departures from the RFC's table, both as Linux's tcp_sequence() does, are noted
+        where they apply.
+        """
         rcv_nxt = self.rcv_nxt
         wnd = self.rcv_adv - rcv_nxt
         seglen = plen + (1 if flags & _SYN else 0) + (1 if flags & _FIN else 0)
         if wnd <= 0:
             # Zero window: only SEG.SEQ = RCV.NXT is acceptable; data in such a segment is
-            # trimmed away below, but its ACK and RST are still processed ("special
+            # trimmed away later, but its ACK and RST are still processed ("special
             # allowance" in section 3.10.7.4).
-            ok = seq == rcv_nxt
-        elif seglen == 0:
-            # Inclusive right edge, like Linux's tcp_sequence(): a peer that filled our window
-            # sends its ACKs with SEG.SEQ = RCV.NXT + RCV.WND once the data in flight is lost,
-            # and the RFC's strict test would discard exactly those ACKs.
-            ok = rcv_nxt <= seq <= rcv_nxt + wnd
-        else:
-            # Any overlap with the window. The RFC's test looks only at the first and last
-            # octet and so rejects a segment that spans the whole window (a full-sized
-            # retransmission into a tiny window); Linux's tcp_sequence() accepts it too.
-            ok = seq < rcv_nxt + wnd and seq + seglen > rcv_nxt
-        if not ok:
-            if not flags & _RST:
-                self._stats.unacceptable_in += 1
-                self._oow_ack(now, plen or flags & _FIN)  # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>
-                if (
-                    st is TcpState.TIME_WAIT
-                    and flags & _FIN
-                    and seq + plen + 1 == rcv_nxt
-                    and self._timewait_deadline is not None
-                ):
-                    # A retransmitted FIN: our last ACK was lost; restart 2*MSL (3.10.7.4).
-                    self._timewait_deadline = now + 2 * self.config.msl
-                if plen and seq + plen <= rcv_nxt:
-                    self._stats.duplicate_segments_in += 1
-            return
+            return seq == rcv_nxt
+        if seglen == 0:
+            # Inclusive right edge: a peer that filled our window sends its ACKs with
+            # SEG.SEQ = RCV.NXT + RCV.WND once the data in flight is lost, and the RFC's strict
+            # test would discard exactly those ACKs.
+            return rcv_nxt <= seq <= rcv_nxt + wnd
+        # Any overlap with the window. The RFC's test looks only at the first and last octet
+        # and so rejects a segment that spans the whole window (a full-sized retransmission
+        # into a tiny window).
+        return seq < rcv_nxt + wnd and seq + seglen > rcv_nxt
 
-        self._last_rx_time = now
-        self._ka_probes = 0
+    def _reject_unacceptable(self, seq: int, plen: int, flags: int, now: float) -> None:
+        """Answer a segment that failed the first check (RFC 9293 section 3.10.7.4).
 
-        # Second check: RST (RFC 5961 section 3.2).
+        An RST is dropped silently; anything else gets <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>,
+        and a retransmitted FIN in TIME-WAIT (our last ACK was lost) restarts the 2*MSL wait.
+        """
         if flags & _RST:
-            if st is TcpState.TIME_WAIT and self.config.rfc1337:
-                return  # RFC 1337: no TIME-WAIT assassination
-            if seq == rcv_nxt:
-                self._reset_by_peer()
-            else:
-                self._challenge_ack(now)
             return
+        self._stats.unacceptable_in += 1
+        self._oow_ack(now, plen or flags & _FIN)
+        rcv_nxt = self.rcv_nxt
+        if (
+            self.state is TcpState.TIME_WAIT
+            and flags & _FIN
+            and seq + plen + 1 == rcv_nxt
+            and self._timewait_deadline is not None
+        ):
+            self._timewait_deadline = now + 2 * self.config.msl
+        if plen and seq + plen <= rcv_nxt:
+            self._stats.duplicate_segments_in += 1
 
-        # Fourth check: SYN (RFC 5961 section 4.2 replaces RFC 793's reset).
-        if flags & _SYN:
-            if st is TcpState.SYN_RECEIVED and self._passive:
-                # "return this connection to the LISTEN state": the listener forgets it.
-                self._enter_closed(TcpReset())
-            else:
-                self._challenge_ack(now)
+    def _on_rst(self, seq: int, now: float) -> None:
+        """Second check, an in-window RST (RFC 5961 section 3.2): only one exactly at RCV.NXT
+        resets the connection; any other is answered with a challenge ACK, which a genuine
+        peer answers with an exact RST and a blind attacker cannot. RFC 1337, when enabled,
+        protects TIME-WAIT from assassination."""
+        if self.state is TcpState.TIME_WAIT and self.config.rfc1337:
             return
+        if seq == self.rcv_nxt:
+            self._reset_by_peer()
+        else:
+            self._challenge_ack(now)
 
-        # Fifth check: ACK.
-        if not flags & _ACK:
-            return
+    def _on_syn(self, now: float) -> None:
+        """Fourth check, an in-window SYN: a passive open in SYN-RECEIVED "returns to LISTEN"
+        (the listener forgets it); otherwise RFC 5961 section 4.2 answers with a challenge ACK
+        instead of RFC 793's reset, so that a blind SYN cannot tear the connection down."""
+        if self.state is TcpState.SYN_RECEIVED and self._passive:
+            self._enter_closed(TcpReset())
+        else:
+            self._challenge_ack(now)
+
+    def _check_ack(self, seg: TcpRepr, seq: int, plen: int, flags: int, now: float) -> bool:
+        """Fifth check, the ACK field (RFC 9293 section 3.10.7.4); False drops the segment.
+
+        In SYN-RECEIVED an acceptable ACK completes the handshake first. An ACK of data not
+        yet sent, or one older than the largest window the peer offered (RFC 5961 section
+        5.2), is answered with an ACK and goes no further.
+        """
+        ts = seg.timestamp
         if (
             ts is not None
             and self._ts_enabled
@@ -580,30 +631,27 @@ class TcpConnection:
             self._ts_recent = ts[0]
             self._ts_recent_time = now
         ack = unwrap(seg.ack, self.snd_una)
-        if st is TcpState.SYN_RECEIVED:
-            if not self.snd_una < ack <= self.snd_max:
-                self._ctl.append(reset_for(seg))  # <SEQ=SEG.ACK><CTL=RST>
-                return
-            self.snd_wnd = seg.window << self._snd_wscale
-            self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
-            self.snd_wl1 = seq
-            self.snd_wl2 = ack
-            self._established()
-        if ack > self.snd_max:
-            self._ack_now = True  # acknowledges something not yet sent
-            return
-        if ack < self.snd_una - self.max_snd_wnd:
-            self._ack_now = True  # RFC 5961 section 5.2: too old to be a real ACK
-            return
+        if self.state is TcpState.SYN_RECEIVED and not self._complete_handshake(seg, seq, ack):
+            return False
+        if ack > self.snd_max or ack < self.snd_una - self.max_snd_wnd:
+            self._ack_now = True
+            return False
         self._process_ack(seg, seq, ack, plen, flags, now)
-        st = self.state
-        if st is _CLOSED or st is TcpState.TIME_WAIT:
-            return
+        return True
 
-        # Sixth check (URG) is not supported: RFC 6093 discourages new uses of it.
-        # Seventh and eighth: segment text and FIN.
-        if (plen or flags & _FIN) and st in CAN_RECEIVE:
-            self._process_text(seq, payload, bool(flags & _FIN), bool(flags & _PSH), now)
+    def _complete_handshake(self, seg: TcpRepr, seq: int, ack: int) -> bool:
+        """SYN-RECEIVED: an ACK of our SYN establishes the connection and takes the peer's
+        first (scaled) window; any other ACK is answered with <SEQ=SEG.ACK><CTL=RST>
+        (RFC 9293 section 3.10.7.4 fifth check). False when the segment was refused."""
+        if not self.snd_una < ack <= self.snd_max:
+            self._ctl.append(reset_for(seg))
+            return False
+        self.snd_wnd = seg.window << self._snd_wscale
+        self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+        self.snd_wl1 = seq
+        self.snd_wl2 = ack
+        self._established()
+        return True
 
     def _process_ack(
         self, seg: TcpRepr, seq: int, ack: int, plen: int, flags: int, now: float
