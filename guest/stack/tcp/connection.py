@@ -1143,16 +1143,7 @@ class TcpConnection:
                     self._emit(out, seq, 0, True, now)
                 return
             avail = data_end - seq
-            n = self._usable_window(seq, pipe, force)
-            cap = burst if seq >= snd_max else mss
-            if n > cap:
-                n = cap
-            if n > avail:
-                n = avail
-            elif n > mss:
-                n -= n % mss  # a short tail would be a silly-window segment mid-stream
-            if seq < snd_max and sb:
-                n = self._clip_to_hole(seq, n)
+            n = self._segment_size(seq, self._usable_window(seq, pipe, force), avail, mss, burst)
             if n <= 0:
                 return
             if n < mss and seq >= snd_max and not force and self._defer_small(seq, n, avail):
@@ -1189,6 +1180,27 @@ class TcpConnection:
         n = edge - seq
         if force and n <= 0 and self.snd_wnd > 0:
             n = wnd_edge - seq
+        return n
+
+    def _segment_size(self, seq: int, allowed: int, avail: int, mss: int, burst: int) -> int:
+        """Payload of the segment at `seq`, of which the windows allow `allowed` octets and
+        `avail` are queued.
+
+        New data leaves in whole MSS multiples up to the TSO `burst` (a short tail mid-stream
+        would be a silly-window segment, RFC 9293 section 3.8.6.2.1); a resend is one MSS at
+        most and stops where SACKed data begins (RFC 6675).
+        """
+        snd_max = self.snd_max
+        n = allowed
+        cap = burst if seq >= snd_max else mss
+        if n > cap:
+            n = cap
+        if n > avail:
+            n = avail
+        elif n > mss:
+            n -= n % mss
+        if seq < snd_max and self._sb:
+            n = self._clip_to_hole(seq, n)
         return n
 
     def _defer_small(self, seq: int, n: int, avail: int) -> bool:
