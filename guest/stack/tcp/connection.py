@@ -674,7 +674,18 @@ class TcpConnection:
             self._on_dup_ack()
         if self._sb and self._sack_enabled and self.config.sack_recovery:
             self._check_sack_loss()
-        # Window update, guarded by SND.WL1/WL2 against reordered old segments.
+        self._update_send_window(seq, ack, wnd)
+        self._persist_unanswered = 0
+        if self.snd_wnd == 0:
+            self._retries = 0  # the peer is alive, only its window is closed
+        fin_seq = self._fin_seq
+        if fin_seq is not None and self.snd_una > fin_seq:
+            self._on_fin_acked(now)
+
+    def _update_send_window(self, seq: int, ack: int, wnd: int) -> None:
+        """Take the peer's (scaled) window `wnd` only from a segment newer than the one that
+        last set it, by SND.WL1/SND.WL2 (RFC 9293 section 3.10.7.4 fifth check), so that a
+        reordered old segment cannot shrink it again."""
         if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
             self.snd_wnd = wnd
             self.snd_wl1 = seq
@@ -683,18 +694,17 @@ class TcpConnection:
                 self.max_snd_wnd = wnd
             if wnd > 0:
                 self._persist_backoff = 0
-        self._persist_unanswered = 0
-        if self.snd_wnd == 0:
-            self._retries = 0  # the peer is alive, only its window is closed
-        fin_seq = self._fin_seq
-        if fin_seq is not None and self.snd_una > fin_seq:
-            st = self.state
-            if st is TcpState.FIN_WAIT_1:
-                self.state = TcpState.FIN_WAIT_2
-            elif st is TcpState.CLOSING:
-                self._enter_time_wait(now)
-            elif st is TcpState.LAST_ACK:
-                self._enter_closed(TcpClosed())
+
+    def _on_fin_acked(self, now: float) -> None:
+        """Our FIN is acknowledged (RFC 9293 section 3.10.7.4 fifth check): FIN-WAIT-1 moves
+        to FIN-WAIT-2, CLOSING to TIME-WAIT, and LAST-ACK ends the connection."""
+        st = self.state
+        if st is TcpState.FIN_WAIT_1:
+            self.state = TcpState.FIN_WAIT_2
+        elif st is TcpState.CLOSING:
+            self._enter_time_wait(now)
+        elif st is TcpState.LAST_ACK:
+            self._enter_closed(TcpClosed())
 
     def _take_sack(self, blocks: tuple[tuple[int, int], ...], ack: int) -> None:
         """Record SACK blocks (RFC 2018 section 5) relative to the new cumulative ACK."""
@@ -796,53 +806,10 @@ class TcpConnection:
         self, seq: int, payload: bytes | memoryview, fin: bool, psh: bool, now: float
     ) -> None:
         """Seventh and eighth checks: deliver in-window data, then the FIN (3.10.7.4)."""
-        rcv_nxt = self.rcv_nxt
         plen = len(payload)
-        right = self.rcv_adv
-        if self._rcv_fin_seq is not None and self._rcv_fin_seq < right:
-            right = self._rcv_fin_seq  # nothing can follow the FIN
         fin_seq = seq + plen if fin else None
-        if plen:
-            end = seq + plen
-            if end <= rcv_nxt:
-                self._stats.duplicate_segments_in += 1
-                self._ack_now = True
-            else:
-                start = seq
-                if start < rcv_nxt:
-                    payload = memoryview(payload)[rcv_nxt - start :]
-                    start = rcv_nxt
-                if end > right:
-                    # Text beyond the window is dropped (and with it a FIN after it).
-                    payload = memoryview(payload)[: max(right - start, 0)]
-                    end = max(right, start)
-                    fin_seq = None
-                    self._ack_now = True
-                if end > start:
-                    if plen > self._rcv_mss:
-                        self._rcv_mss = min(plen, self.config.mss)
-                    if start > rcv_nxt:
-                        # Out of order: RFC 5681 section 4.2 asks for an immediate ACK.
-                        self._stats.out_of_order_in += 1
-                        self._ack_now = True
-                        self._rx.write(start - self._rcv_base, payload)
-                    else:
-                        had_gap = self._rx.has_ooo
-                        delivered = self._rx.write(start - self._rcv_base, payload)
-                        if delivered:
-                            self.rcv_nxt = rcv_nxt + delivered
-                            self._stats.bytes_in += delivered
-                            self._events.append(TcpDataReceived(delivered))
-                            if had_gap or not self.config.delayed_ack:
-                                self._ack_now = True  # filled a gap: ACK at once
-                            elif psh and self.config.quickack_on_psh:
-                                self._ack_now = True
-                            else:
-                                self._rcv_unacked += delivered
-                                if self._rcv_unacked >= 2 * self._rcv_mss:
-                                    self._ack_now = True  # every second full segment
-                                elif self._delack_deadline is None:
-                                    self._delack_deadline = now + self.config.delayed_ack_timeout
+        if plen and not self._take_text(seq, payload, psh, now):
+            fin_seq = None  # the FIN followed text beyond the window, and is dropped with it
         if fin_seq is not None and self._rcv_fin_seq is None and fin_seq <= self.rcv_adv:
             self._rcv_fin_seq = fin_seq
             if fin_seq > self.rcv_nxt:
@@ -853,6 +820,66 @@ class TcpConnection:
             and self.rcv_nxt == self._rcv_fin_seq
         ):
             self._consume_fin(now)
+
+    def _take_text(self, seq: int, payload: bytes | memoryview, psh: bool, now: float) -> bool:
+        """Seventh check: keep the part of the text inside the receive window (RFC 9293 section
+        3.10.7.4); False when text beyond the right edge had to be dropped.
+
+        Text wholly below RCV.NXT is a duplicate and is acknowledged at once; nothing may
+        follow the peer's FIN. Out-of-order text is stored and acknowledged at once (RFC 5681
+        section 4.2), in-order text is delivered.
+        """
+        rcv_nxt = self.rcv_nxt
+        plen = len(payload)
+        end = seq + plen
+        if end <= rcv_nxt:
+            self._stats.duplicate_segments_in += 1
+            self._ack_now = True
+            return True
+        right = self.rcv_adv
+        if self._rcv_fin_seq is not None and self._rcv_fin_seq < right:
+            right = self._rcv_fin_seq  # nothing can follow the FIN
+        whole = True
+        start = seq
+        if start < rcv_nxt:
+            payload = memoryview(payload)[rcv_nxt - start :]
+            start = rcv_nxt
+        if end > right:
+            payload = memoryview(payload)[: max(right - start, 0)]
+            end = max(right, start)
+            whole = False
+            self._ack_now = True
+        if end > start:
+            if plen > self._rcv_mss:
+                self._rcv_mss = min(plen, self.config.mss)
+            if start > rcv_nxt:
+                self._stats.out_of_order_in += 1
+                self._ack_now = True
+                self._rx.write(start - self._rcv_base, payload)
+            else:
+                had_gap = self._rx.has_ooo
+                delivered = self._rx.write(start - self._rcv_base, payload)
+                if delivered:
+                    self.rcv_nxt = rcv_nxt + delivered
+                    self._stats.bytes_in += delivered
+                    self._events.append(TcpDataReceived(delivered))
+                    self._ack_delivered(delivered, had_gap, psh, now)
+        return whole
+
+    def _ack_delivered(self, delivered: int, filled_gap: bool, psh: bool, now: float) -> None:
+        """Acknowledge in-order data at once or delay the ACK (RFC 9293 section 3.8.6.3, RFC
+        5681 section 4.2): at once when it filled a gap (the sender is recovering) or has PSH
+        with `quickack_on_psh`, and for every second full-sized segment; otherwise within the
+        delayed-ACK timeout."""
+        cfg = self.config
+        if filled_gap or not cfg.delayed_ack or (psh and cfg.quickack_on_psh):
+            self._ack_now = True
+        else:
+            self._rcv_unacked += delivered
+            if self._rcv_unacked >= 2 * self._rcv_mss:
+                self._ack_now = True
+            elif self._delack_deadline is None:
+                self._delack_deadline = now + cfg.delayed_ack_timeout
 
     def _consume_fin(self, now: float) -> None:
         """The peer's FIN is next in sequence (RFC 9293 3.10.7.4 eighth check)."""
