@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from guest.stack.factored import sandbox, uring
+from guest.stack.factored.boundaries import BOUNDARIES
 from guest.stack.session.client import StackClient
 from guest.testing.netns import VethPair
 from tests.netns.fixtures import netns_pair, start
@@ -105,10 +106,11 @@ def _attack(stack: Stack) -> dict[str, str]:
     return _line(stack.proc, "attacks")["results"]
 
 
-#: The driver<->protocol boundaries (`--link`) and how many attacks each has: kernel rings
-#: shared with the protocol domain (with a send-only io_uring, which adds two attacks on the
-#: ring), or frames copied through the link's rings (which adds an attack on the driver's).
-LINKS = {"shared": 10, "uring": 12, "copy": 11}
+#: How many attacks each driver<->protocol boundary (`--link`) has: kernel rings shared with
+#: the protocol domain (with a send-only io_uring, which adds two attacks on the ring), or
+#: frames copied through the link's rings (which adds an attack on the driver's). Every
+#: boundary of the registry is here (`test_every_boundary_is_attacked`).
+ATTACKS_BY_LINK = {"shared": 10, "uring": 12, "copy": 11}
 #: The same, as test parameters: `uring` needs a kernel that gives this process io_uring.
 LINK_PARAMS = [
     pytest.param(
@@ -117,8 +119,12 @@ LINK_PARAMS = [
             link == "uring" and uring.supported() is not None, reason=str(uring.supported())
         ),
     )
-    for link in LINKS
+    for link in ATTACKS_BY_LINK
 ]
+
+
+def test_every_boundary_is_attacked() -> None:
+    assert set(ATTACKS_BY_LINK) == set(BOUNDARIES)
 
 
 @pytest.mark.parametrize("link", LINK_PARAMS)
@@ -137,7 +143,7 @@ def test_attacks_from_the_protocol_domain_are_denied_and_contained(
 
         results = _attack(stack)
         print("attacks", json.dumps(results, indent=1))
-        assert len(results) == LINKS[link], results
+        assert len(results) == ATTACKS_BY_LINK[link], results
         through = {name: r for name, r in results.items() if not r.startswith("denied")}
         assert not through, through
 
@@ -185,7 +191,7 @@ def test_without_confinement_the_same_attacks_get_through(
             expected.add("map_uring_entries")
         through = {name for name, r in results.items() if r.startswith("SUCCEEDED")}
         assert expected <= through, results
-        assert len(results) == LINKS[link], results
+        assert len(results) == ATTACKS_BY_LINK[link], results
         if link == "copy":
             # Even unconfined, the driver's ring cannot be made writable: it is mapped from a
             # read-only fd (the link's design, beside the sandbox).
