@@ -45,6 +45,7 @@ from guest.traffic.providers import PROVIDERS
 from host.experiments import EXPERIMENT_TYPES
 from host.experiments import options as experiment_options
 from host.fields import NO_BOOL, ExperimentName, LabName, LinkName, NodeName
+from host.yamlguard import TooExpensive, check_length
 from host.yamlpos import (
     ConfigError,
     ConfigProblem,
@@ -566,7 +567,10 @@ def load_lab(path: str | Path) -> LabConfig:
     """Load and validate a lab file; raise ConfigError listing every problem found."""
     file = str(path)
     try:
+        check_length(Path(path).stat().st_size)  # an enormous file is not even read
         text = Path(path).read_text(encoding="utf-8")
+    except TooExpensive as exc:
+        raise ConfigError([ConfigProblem(file, None, "", f"refused: {exc}")]) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigProblem(file, None, "", f"cannot read lab file: {exc}")]) from exc
     return parse_lab(text, file)

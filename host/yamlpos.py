@@ -17,6 +17,8 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from host.yamlguard import TooExpensive, check_expansion, check_length, check_nesting
+
 __all__ = [
     "ConfigError",
     "ConfigProblem",
@@ -134,12 +136,15 @@ def _yaml_problem(file: str, exc: yaml.YAMLError) -> ConfigProblem:
 
 
 def compose(file: str, text: str, *, empty_message: str, mapping_hint: str) -> tuple[Any, LineMap]:
-    """Parse to data plus line map; raise ConfigError if there is no usable mapping.
+    """Parse to data plus line map; raise ConfigError if there is no usable mapping, or if
+    the text would be expensive to load (`host.yamlguard`).
 
     ``empty_message`` is the problem an empty file gets; ``mapping_hint`` names the keys the
     top-level mapping should have, for a file whose top level is something else."""
     loader = yaml.SafeLoader(text)
     try:
+        check_length(len(text.encode()))
+        check_nesting(text)
         root = loader.get_single_node()
         if root is None:
             raise ConfigError([ConfigProblem(file, 1, "", empty_message)])
@@ -155,9 +160,12 @@ def compose(file: str, text: str, *, empty_message: str, mapping_hint: str) -> t
                     )
                 ]
             )
+        check_expansion(root)
         lines = LineMap()
         lines.walk(root, (), root.start_mark.line + 1)
         return loader.construct_document(root), lines
+    except TooExpensive as exc:
+        raise ConfigError([ConfigProblem(file, exc.line, "", f"refused: {exc}")]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_problem(file, exc)]) from exc
     finally:
