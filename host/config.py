@@ -280,9 +280,29 @@ class _ExperimentCommon(_Strict):
 
     @field_validator("path")
     @classmethod
-    def _known_path(cls, value: str) -> str:
+    def _known_path(cls, value: str, info: ValidationInfo) -> str:
         if value not in ALLOWED_PATHS:
             raise ValueError(f"path {value!r} is not allowed; allowed: {', '.join(ALLOWED_PATHS)}")
+        kind = EXPERIMENT_TYPES.get(str(info.data.get("type")))
+        if kind is not None and kind.kernel_only and value != "kernel":
+            raise ValueError(
+                f"{kind.name} runs on the kernel's stack only; path {value!r} does not apply"
+            )
+        return value
+
+    @field_validator("stack", check_fields=False)
+    @classmethod
+    def _stack_applies(cls, value: StackOptions, info: ValidationInfo) -> StackOptions:
+        """Options the path would ignore are refused, not dropped without a word."""
+        path = info.data.get("path")
+        given = value.model_fields_set
+        if given and path == "kernel":
+            raise ValueError(
+                "stack options apply to the user-level paths (mono, factored), not to the "
+                "kernel's stack"
+            )
+        if "link" in given and path not in (None, "factored"):
+            raise ValueError(f"stack.link applies to the factored path only, not to {path}")
         return value
 
     @field_validator("server")

@@ -88,6 +88,8 @@ class ExperimentType:
     check: str = "ok"
     #: What the path column says instead of the experiment's path, if anything.
     path_label: str | None = None
+    #: It runs the kernel's own tool (iperf3, ping), so a lab file may not ask for another path.
+    kernel_only: bool = False
     #: The plot's panel: throughput (mbit_per_s) or latency (p50_us, p99_us), or none.
     plot: Literal["throughput", "latency"] | None = None
     #: A note for the table's caption.

@@ -46,6 +46,7 @@ def run(t: Target) -> dict:
 TYPE = ExperimentType(
     name="iperf3",
     run=run,
+    kernel_only=True,
     columns={MBIT_PER_S: "mbit_per_s", **TCP_COSTS},
     path_label="kernel (iperf3)",
     plot="throughput",
