@@ -45,6 +45,8 @@ from guest.traffic.providers import PROVIDERS
 from host.experiments import EXPERIMENT_TYPES
 from host.experiments import options as experiment_options
 from host.fields import NO_BOOL, ExperimentName, LabName, LinkName, NodeName
+from host.routing import Path as RoutePath
+from host.routing import Routing
 from host.yamlguard import TooExpensive, check_length
 from host.yamlpos import (
     ConfigError,
@@ -366,6 +368,9 @@ class LabConfig(_Strict):
     links: Annotated[
         list[LinkConfig], BeforeValidator(_none_as_empty), Field(max_length=MAX_LINKS)
     ] = Field(default_factory=list)
+    #: "static": every node gets routes to every subnet along shortest paths, the nodes in
+    #: between forward (host/routing.py); "none": only nodes joined by a link reach each other.
+    routing: Literal["static", "none"] = "static"
     experiments: Annotated[list[ExperimentConfig], BeforeValidator(_none_as_empty)] = Field(
         default_factory=list
     )
@@ -409,6 +414,22 @@ class LabConfig(_Strict):
     def link_between(self, a: str, b: str) -> LinkConfig | None:
         """The first link joining a and b (either order), or None."""
         return next((link for link in self.links if link.joins(a, b)), None)
+
+    def routes(self) -> Routing:
+        """The lab's routes: each node's, which nodes forward, each experiment's path."""
+        return Routing(
+            [node.name for node in self.nodes], self.links, static=self.routing == "static"
+        )
+
+    def path_of(self, experiment: ExperimentConfig, routes: Routing | None = None) -> RoutePath:
+        """The hops of an experiment from client to server: over its `link` if the two are
+        joined by one, else along the lab's routes to the server's address on the last hop."""
+        found = (routes or self.routes()).path(
+            experiment.client, experiment.server, experiment.link
+        )
+        if found is None:
+            raise KeyError(f"no route from {experiment.client} to {experiment.server}")
+        return found
 
     def experiment(self, name: str) -> ExperimentConfig:
         """The experiment called ``name``; KeyError if there is none."""
@@ -469,6 +490,7 @@ def _link_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
 def _experiment_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
     known = {node.name for node in lab.nodes}
     links = {link.name: link for link in lab.links}
+    routes = lab.routes()
     names = [experiment.name for experiment in lab.experiments]
     for index, first in _duplicates(names):
         yield (
@@ -483,20 +505,40 @@ def _experiment_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
         if missing:
             continue
         if exp.link is None:
-            yield (
-                (*here, "server"),
-                f"no link joins client {exp.client!r} and server {exp.server!r}; add one to links",
-            )
+            if routes.path(exp.client, exp.server) is None:
+                yield (*here, "server"), _no_route(lab, routes, exp.client, exp.server)
         elif exp.link not in links:
             yield (*here, "link"), f"no link named {exp.link!r}"
         elif not links[exp.link].joins(exp.client, exp.server):
             ends = links[exp.link].endpoints
+            why = (
+                ""
+                if lab.link_between(exp.client, exp.server)
+                else "; leave link: out where no link joins them, the experiment then "
+                "follows the lab's routes"
+            )
             yield (
                 (*here, "link"),
                 f"link {exp.link!r} joins {ends[0]!r} and {ends[1]!r}, "
-                f"not client {exp.client!r} and server {exp.server!r}",
+                f"not client {exp.client!r} and server {exp.server!r}{why}",
             )
     yield from _baseline_problems(lab)
+
+
+def _no_route(lab: LabConfig, routes: Routing, client: str, server: str) -> str:
+    """Why no route leads from client to server: no chain of links, or no forwarding."""
+    between = routes.would_forward(client, server)
+    if not between:
+        return (
+            f"no link joins client {client!r} and server {server!r}, nor any chain of links; "
+            "add one to links"
+        )
+    nodes = " and ".join(between)
+    verb = "does" if len(between) == 1 else "do"
+    return (
+        f"no route from {client} to {server}: routing is {lab.routing}, so {nodes} "
+        f"{verb} not forward (no link joins them; remove 'routing: none' or add a link)"
+    )
 
 
 def _baseline_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:

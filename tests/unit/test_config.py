@@ -197,8 +197,45 @@ def test_source_path_kept_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         load_lab("lab.yaml")
     assert str(caught.value) == (
         "lab.yaml:3: bogus: unknown field 'bogus'; allowed: "
-        "lab, image, description, defaults, nodes, links, experiments"
+        "lab, image, description, defaults, nodes, links, routing, experiments"
     )
+
+
+def test_experiments_across_hops_follow_the_routes() -> None:
+    """Nodes with no link of their own talk through the lab's routes: such an experiment has
+    no link, and its path runs to the server's address on the last hop."""
+    lab = load_lab(GOOD_DIR / "chain_routed.yaml")
+    assert lab.routing == "static"
+    paths = {e.name: (lab.path_of(e).nodes, lab.path_of(e).links, e.link) for e in lab.experiments}
+    assert paths == {
+        "near": (("a", "m"), ("a-m",), "a-m"),
+        "two-hops": (("a", "m", "n"), ("a-m", "m-n"), None),
+        "three-hops": (("a", "m", "n", "b"), ("a-m", "m-n", "n-b"), None),
+        "branch": (("c", "m", "n", "b"), ("m-c", "m-n", "n-b"), None),
+    }
+    routes = lab.routes()
+    assert routes.forwarding == {"m", "n"}
+    assert [r.subnet for r in routes.routes["a"]] == [
+        "198.18.2.0/24",
+        "198.18.3.0/24",
+        "198.18.4.0/24",
+    ]
+
+
+def test_routing_none_keeps_neighbours_talking(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        lab: t
+        routing: none
+        nodes: [{name: a}, {name: b}]
+        links: [{endpoints: [a, b]}]
+        experiments: [{name: p, type: ping, client: a, server: b}]
+        """,
+    )
+    lab = load_lab(path)
+    assert lab.routes().routes == {"a": [], "b": []}
+    assert lab.path_of(lab.experiment("p")).nodes == ("a", "b")
 
 
 def test_source_path_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
