@@ -159,7 +159,7 @@ def lab_up(c, config=DEFAULT_CONFIG, name=None, accel=None):
 
 @task(help={"name": "lab name (default: the config's)", "config": "lab file"})
 def lab_status(c, name=None, config=DEFAULT_CONFIG):
-    """Show a running lab: nodes, SSH ports, NICs and addresses, boot times."""
+    """Show a running lab: nodes, SSH ports, NICs and addresses, routes, boot times."""
     state = _state(name or _load(config).lab)
     table = Table(
         title=f"lab {state.lab} · {state.accel.upper()} · slot {state.slot} · "
@@ -167,15 +167,26 @@ def lab_status(c, name=None, config=DEFAULT_CONFIG):
         f"{time.time() - state.created:.0f} s",
         title_justify="left",
     )
-    for col in ("node", "domain", "ssh", "boot", "NICs", "console log"):
+    for col in ("node", "domain", "ssh", "boot", "NICs", "routes", "console log"):
         table.add_column(col)
     for n in state.nodes:
         nics = "\n".join(
             f"{x['name']} {x['address']} ({x['model']}, mtu {x['mtu']}, link {x['link']})"
             for x in n.nics
         )
+        routes = [f"{r['subnet']} via {r['via']} dev {r['dev']}" for r in n.routes]
+        if n.forwarding:
+            routes.append("(forwards)")
         boot = f"{n.boot_seconds:.1f} s" if n.boot_seconds is not None else "-"
-        table.add_row(n.name, n.domain, f"127.0.0.1:{n.ssh_port}", boot, nics, n.console_log)
+        table.add_row(
+            n.name,
+            n.domain,
+            f"127.0.0.1:{n.ssh_port}",
+            boot,
+            nics,
+            "\n".join(routes) or "-",
+            n.console_log,
+        )
     console.print(table)
 
 

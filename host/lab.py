@@ -55,6 +55,9 @@ class NodeState:
     memory_mib: int
     nics: list[dict] = field(default_factory=list)
     boot_seconds: float | None = None
+    #: Static routes set at bring-up (host.routing): subnet, via, link, dev.
+    routes: list[dict] = field(default_factory=list)
+    forwarding: bool = False  # IP forwarding on: some route's next hop
 
 
 @dataclass
@@ -110,6 +113,16 @@ class LabState:
     def guest(self, name: str) -> Guest:
         n = self.node(name)
         return Guest(n.name, n.ssh_port, Path(self.key_path))
+
+
+def route_commands(node: NodeState) -> str:
+    """The shell command that sets a node's routes and, if it forwards, turns forwarding on."""
+    commands = [
+        f"ip route replace {r['subnet']} via {r['via']} dev {r['dev']}" for r in node.routes
+    ]
+    if node.forwarding:
+        commands.append("sysctl -qw net.ipv4.ip_forward=1")
+    return " && ".join(commands) or "true"
 
 
 def boot_timeout(accel: str, nodes: int) -> float:
@@ -301,11 +314,33 @@ class Lab:
             guest.deploy()
 
         self._parallel(ready, self.state.nodes)
+        self._route()
         uname = self._guests[self.state.nodes[0].name].run("uname -r").check()
         self.state.guest_kernel = uname.stdout.strip()
         self.state.save()
         self.progress(f"lab {self.name} up in {time.monotonic() - t0:.1f} s")
         return self.state
+
+    def _route(self) -> None:
+        """Give each node its static routes and turn forwarding on where routes lead through
+        it (host.routing): one SSH command per node, all nodes at once."""
+        assert self.state is not None
+        routing = self.config.routes()
+        for node in self.state.nodes:
+            dev = {nic["link"]: nic["name"] for nic in node.nics}
+            node.routes = [{**r.as_dict(), "dev": dev[r.link]} for r in routing.routes[node.name]]
+            node.forwarding = node.name in routing.forwarding
+        self.state.save()
+
+        def apply(node: NodeState) -> None:
+            self.guest(node.name).run(route_commands(node)).check()
+
+        todo = [n for n in self.state.nodes if n.routes or n.forwarding]
+        self._parallel(apply, todo)
+        if todo:
+            count = sum(len(n.routes) for n in todo)
+            forwarding = ", ".join(n.name for n in todo if n.forwarding) or "none"
+            self.progress(f"  routes: {count} set; forwarding on {forwarding}")
 
     @staticmethod
     def _parallel(fn: Callable, items: list) -> None:

@@ -102,3 +102,15 @@ def test_disconnected_nodes_have_no_path():
 def test_a_link_to_an_unknown_node_is_ignored():
     r = Routing("ab", links("a-b", "b-zz"))
     assert r.routes["a"] == [] and r.path("a", "b").hops == 1
+
+
+def test_bring_up_sets_each_nodes_routes_in_one_command():
+    from host.lab import NodeState, route_commands
+
+    node = NodeState("a", "sb-t-a", 2222, "log", 1, 512)
+    assert route_commands(node) == "true"
+    node.routes = [{"subnet": "198.18.2.0/24", "via": "198.18.1.2", "link": "a-m", "dev": "eth1"}]
+    node.forwarding = True
+    assert route_commands(node) == (
+        "ip route replace 198.18.2.0/24 via 198.18.1.2 dev eth1 && sysctl -qw net.ipv4.ip_forward=1"
+    )
