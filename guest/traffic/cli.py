@@ -80,6 +80,12 @@ def _common_options() -> argparse.ArgumentParser:
         help="the stack's address, CIDR; starts a stack for the run when none serves --iface",
     )
     user.add_argument(
+        "--stack-gateway",
+        metavar="ADDR",
+        help="the default gateway of a stack started for the run, for a peer beyond --iface's "
+        "subnet (a router on that subnet)",
+    )
+    user.add_argument(
         "--stack-socket", help="a running stack's socket (default /run/stackbed/stack-IFACE.sock)"
     )
     user.add_argument(

@@ -87,27 +87,33 @@ class MonoProvider:
             self._start_stack(args)
         self.client = StackClient(self.path)
 
+    def stack_command(self, args: argparse.Namespace) -> list[str]:
+        """The command that starts a stack for the run on --iface at --addr."""
+        gateway = getattr(args, "stack_gateway", None)
+        return [
+            sys.executable,
+            "-m",
+            self.stack_module,
+            "--iface",
+            str(self.iface),
+            "--addr",
+            args.addr,
+            "--socket",
+            str(self.path),
+            "--device",
+            args.stack_device,
+            "--offload",
+            args.stack_offload,
+            *(["--gateway", gateway] if gateway else []),
+            *self.extra_stack_args(args),
+        ]
+
     def _start_stack(self, args: argparse.Namespace) -> None:
         if not args.addr:
             raise TrafficError(
                 f"no stack serves {self.path}: give --addr CIDR to start one on {self.iface}"
             )
-        cmd = [
-            sys.executable,
-            "-m",
-            self.stack_module,
-            "--iface",
-            self.iface,
-            "--addr",
-            args.addr,
-            "--socket",
-            self.path,
-            "--device",
-            args.stack_device,
-            "--offload",
-            args.stack_offload,
-            *self.extra_stack_args(args),
-        ]
+        cmd = self.stack_command(args)
         self._proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

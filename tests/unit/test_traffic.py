@@ -372,3 +372,21 @@ def test_factored_stack_options_reach_the_launcher(
     assert FactoredProvider.extra_stack_args(FactoredProvider.__new__(FactoredProvider), args) == (
         launcher_args
     )
+
+
+@pytest.mark.parametrize("path", ["mono", "factored"])
+def test_a_gateway_reaches_the_stack_started_for_the_run(path: str) -> None:
+    """A peer beyond the NIC's subnet is reached through --stack-gateway, which the stack
+    started for the run gets as its --gateway (and only when given)."""
+    from guest.traffic.cli import parse_args
+    from guest.traffic.userstack import FactoredProvider, MonoProvider
+
+    cls = {"mono": MonoProvider, "factored": FactoredProvider}[path]
+    common = ["source", "--path", path, "--iface", "eth1", "--addr", "198.18.1.1/24"]
+    common += ["--peer", "198.18.2.2"]
+    provider = cls.__new__(cls)
+    provider.iface, provider.path = "eth1", "/run/stackbed/stack-eth1.sock"
+    cmd = provider.stack_command(parse_args([*common, "--stack-gateway", "198.18.1.2"]))
+    assert cmd[cmd.index("--gateway") + 1] == "198.18.1.2"
+    assert cmd[cmd.index("-m") + 1] == cls.stack_module
+    assert "--gateway" not in provider.stack_command(parse_args(common))
