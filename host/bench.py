@@ -20,26 +20,59 @@ from host.experiments import EXPERIMENT_TYPES, BenchError, Target
 from host.lab import LabState
 from host.paths import PROJECT_ROOT, results_dir
 from host.report import comparisons
+from host.routing import Path as RoutePath
 from host.ssh import Guest, GuestError
 
 BASE_PORT = 5001
 
 
-def path_args(exp: ExperimentConfig, state: LabState, node: str) -> str:
+def path_args(
+    exp: ExperimentConfig, state: LabState, node: str, link: str, gateway: str | None = None
+) -> str:
     """The traffic tool's options for the experiment's path on `node`: a user-level path runs
-    its own stack on the node's NIC for this link, at the node's address there."""
+    its own stack on the node's NIC for `link` (its hop next to the node), at the node's
+    address there, with `gateway` (the neighbour on that link) when the peer is further."""
     if exp.path == "kernel":
         return "--path kernel"
     for nic in state.node(node).nics:
-        if nic["link"] == exp.link:
+        if nic["link"] == link:
             args = (
                 f"--path {exp.path} --iface {nic['name']} --addr {nic['address']}"
                 f" --stack-device {exp.stack.device} --stack-offload {exp.stack.offload}"
             )
+            if gateway is not None:
+                args += f" --stack-gateway {gateway}"
             if exp.path == "factored":
                 args += f" --stack-link {exp.stack.link}"
             return args
-    raise BenchError(f"{exp.name}: node {node} has no NIC on link {exp.link}")
+    raise BenchError(f"{exp.name}: node {node} has no NIC on link {link}")
+
+
+def _target(
+    config: LabConfig,
+    state: LabState,
+    guests: Callable[[str], Guest],
+    exp: ExperimentConfig,
+    path: RoutePath,
+    port: int,
+) -> Target:
+    """Who talks to whom for `exp`, along its path: the server at its address on the last
+    hop, each user-level end on its NIC of the hop next to it, through the neighbour there
+    when the path has more than one hop."""
+    first, last = config.link(path.links[0]), config.link(path.links[-1])
+
+    def gateway(link, neighbour: str) -> str | None:
+        return str(link.address_of(neighbour).ip) if path.hops > 1 else None
+
+    return Target(
+        exp,
+        guests(exp.client),
+        guests(exp.server),
+        str(last.address_of(exp.server).ip),
+        port,
+        client_path=path_args(exp, state, exp.client, first.name, gateway(first, path.nodes[1])),
+        server_path=path_args(exp, state, exp.server, last.name, gateway(last, path.nodes[-2])),
+    )
 
 
 def _summary(runs: list[dict]) -> dict:
@@ -78,28 +111,19 @@ def run_experiments(
         raise BenchError(
             f"no experiment named {', '.join(sorted(missing))} in {config.source_path}"
         )
-    targets = []
-    for i, exp in enumerate(selected):
-        link = config.link(exp.link)
-        targets.append(
-            Target(
-                exp,
-                guests(exp.client),
-                guests(exp.server),
-                str(link.address_of(exp.server).ip),
-                BASE_PORT + i,
-                client_path=path_args(exp, state, exp.client),
-                server_path=path_args(exp, state, exp.server),
-            )
-        )
+    paths = [config.path_of(exp) for exp in selected]
+    targets = [
+        _target(config, state, guests, exp, path, BASE_PORT + i)
+        for i, (exp, path) in enumerate(zip(selected, paths, strict=True))
+    ]
     runs: list[list[dict]] = [[] for _ in selected]
     for round_no in range(1, rounds + 1):
-        for i, (exp, target) in enumerate(zip(selected, targets, strict=True)):
+        for i, (exp, path, target) in enumerate(zip(selected, paths, targets, strict=True)):
             for rep in range(exp.repeat):
                 progress(
                     (f"round {round_no}/{rounds} " if rounds > 1 else "")
                     + f"[{i + 1}/{len(selected)}] {exp.name} ({exp.type}, {exp.path}, "
-                    f"{exp.client} -> {exp.server}, {exp.duration_s:g} s)"
+                    f"{' -> '.join(path.nodes)}, {exp.duration_s:g} s)"
                     + (f" repeat {rep + 1}/{exp.repeat}" if exp.repeat > 1 else "")
                 )
                 try:
@@ -108,10 +132,13 @@ def run_experiments(
                     run = {"error": str(err)}
                     progress(f"    FAILED: {err}")
                 runs[i].append({**run, "round": round_no})
-    return [_record(exp, exp_runs) for exp, exp_runs in zip(selected, runs, strict=True)]
+    return [
+        _record(exp, path, exp_runs)
+        for exp, path, exp_runs in zip(selected, paths, runs, strict=True)
+    ]
 
 
-def _record(exp: ExperimentConfig, runs: list[dict]) -> dict:
+def _record(exp: ExperimentConfig, path: RoutePath, runs: list[dict]) -> dict:
     ok = [r for r in runs if "error" not in r]
     return {
         "experiment": exp.name,
@@ -121,6 +148,8 @@ def _record(exp: ExperimentConfig, runs: list[dict]) -> dict:
         "client": exp.client,
         "server": exp.server,
         "link": exp.link,
+        # The hops from client to server (host.routing): one for nodes joined by a link.
+        "route": path.as_dict(),
         "duration_s": exp.duration_s,
         "baseline": exp.baseline,
         "runs": runs,

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from ipaddress import IPv4Interface
+from pathlib import Path as FilePath
 
 from host.routing import Path, Route, Routing
+
+GOOD = FilePath(__file__).resolve().parents[1] / "configs" / "good"
 
 
 @dataclass
@@ -114,3 +117,28 @@ def test_bring_up_sets_each_nodes_routes_in_one_command():
     assert route_commands(node) == (
         "ip route replace 198.18.2.0/24 via 198.18.1.2 dev eth1 && sysctl -qw net.ipv4.ip_forward=1"
     )
+
+
+def test_an_experiment_across_hops_runs_at_the_last_hops_address_through_gateways():
+    from host.bench import _target
+    from host.config import load_lab
+    from host.lab import LabState, NodeState
+
+    config = load_lab(GOOD / "chain_routed.yaml")
+    nodes = {n.name: NodeState(n.name, "d", 1, "log", 1, 512) for n in config.nodes}
+    for link in config.links:
+        for node in link.endpoints:
+            nics = nodes[node].nics
+            nics.append({"name": f"eth{len(nics) + 1}", "link": link.name})
+            nics[-1]["address"] = str(link.address_of(node))
+    state = LabState("t", "r", 1, "tcg", "i", "d", "/", "k", 1, None, 0.0, list(nodes.values()))
+    exp = config.experiment("three-hops")  # mono, a - m - n - b
+    target = _target(config, state, str, exp, config.path_of(exp), 5001)
+    assert (target.client, target.server, target.server_ip) == ("a", "b", "198.18.3.2")
+    assert "--iface eth1 --addr 198.18.1.1/24" in target.client_path
+    assert "--stack-gateway 198.18.1.2" in target.client_path
+    assert "--iface eth1 --addr 198.18.3.2/24" in target.server_path
+    assert "--stack-gateway 198.18.3.1" in target.server_path
+    near = config.experiment("near")
+    direct = _target(config, state, str, near, config.path_of(near), 5002)
+    assert direct.server_ip == "198.18.1.2" and direct.server_path == "--path kernel"
