@@ -149,6 +149,16 @@ def test_default_config_resolves() -> None:
     assert lab.experiment("kernel-stream").msg_size == 65536
 
 
+def test_chain_config_runs_every_experiment_from_a_to_b_through_m() -> None:
+    lab = load_lab(ROOT / "configs" / "chain.yaml")
+    assert [n.name for n in lab.nodes] == ["a", "m", "b"] and lab.routing == "static"
+    assert lab.routes().forwarding == {"m"}
+    paths = {lab.path_of(e).nodes for e in lab.experiments}
+    assert paths == {("a", "m", "b")}
+    assert {e.path for e in lab.experiments} == {"kernel", "mono", "factored"}
+    assert {e.type for e in lab.experiments} == {"stream", "rr", "iperf3", "ping"}
+
+
 def test_the_lab_file_takes_the_factored_stacks_boundaries_from_its_registry() -> None:
     """`stack: {link: ...}` accepts exactly the guest's boundaries, defaulting to its first."""
     assert StackOptions().link == DEFAULT_BOUNDARY == next(iter(BOUNDARIES))
