@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 
 import pytest
 
-from guest.traffic import Pattern
 from host.ssh import traffic_command
+from tests.vm.streams import checked_stream, result
 
 STREAM_BYTES = 3 * 1_000_003 + 4321  # crosses the pattern block boundary more than once
-
-
-def _result(cmd) -> dict:
-    assert cmd.exit_status == 0, cmd.stderr
-    return json.loads(cmd.stdout.strip().splitlines()[-1])
 
 
 def _server_ip(lab) -> str:
@@ -43,22 +36,9 @@ def test_ping_across_the_e1000_link(lab):
 
 
 def test_kernel_stream_is_byte_identical_at_both_ends(lab):
-    ip = _server_ip(lab)
-    sink = lab.guest("b").start(traffic_command("sink", f"--path kernel --bind {ip} --port 6001"))
-    source = _result(
-        lab.guest("a").run(
-            traffic_command(
-                "source",
-                f"--path kernel --peer {ip} --port 6001 --bytes {STREAM_BYTES} "
-                "--seed 42 --msg-size 50000",
-            ),
-            timeout=180,
-        )
+    source, received = checked_stream(
+        lab.guest("a"), lab.guest("b"), _server_ip(lab), 6001, STREAM_BYTES, seed=42
     )
-    received = _result(sink.wait(timeout=60))
-    expected = hashlib.sha256(bytes(Pattern(42, STREAM_BYTES).window(0, STREAM_BYTES))).hexdigest()
-    assert source["bytes"] == received["bytes"] == STREAM_BYTES
-    assert source["sha256"] == received["sha256"] == expected
     assert source["path"] == received["path"] == "kernel"
 
 
@@ -67,7 +47,7 @@ def test_kernel_request_response(lab):
     server = lab.guest("b").start(
         traffic_command("rr-server", f"--bind {ip} --port 6002 --req-size 100 --resp-size 2000")
     )
-    client = _result(
+    client = result(
         lab.guest("a").run(
             traffic_command(
                 "rr-client", f"--peer {ip} --port 6002 --count 300 --req-size 100 --resp-size 2000"
@@ -75,7 +55,7 @@ def test_kernel_request_response(lab):
             timeout=120,
         )
     )
-    served = _result(server.wait(timeout=60))
+    served = result(server.wait(timeout=60))
     assert client["transactions"] == served["transactions"] == 300
     lat = client["latency_us"]
     assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"]
@@ -103,7 +83,7 @@ def test_user_stack_survives_a_bad_link_both_ways(lab, path):
         g.run(f"tc qdisc replace dev eth1 root netem {NETEM}").check()
     try:
         sink = b.start(traffic_command("sink", f"--bind {ip_b} --port 6101"))
-        src = _result(
+        src = result(
             a.run(
                 traffic_command(
                     "source", f"{mono} --peer {ip_b} --port 6101 --bytes {nbytes} --seed 7"
@@ -111,12 +91,12 @@ def test_user_stack_survives_a_bad_link_both_ways(lab, path):
                 timeout=300,
             )
         )
-        got = _result(sink.wait(timeout=120))
+        got = result(sink.wait(timeout=120))
         assert src["bytes"] == got["bytes"] == nbytes
         assert src["sha256"] == got["sha256"]
 
         sink = a.start(traffic_command("sink", f"{mono} --port 6102"))
-        src = _result(
+        src = result(
             b.run(
                 traffic_command(
                     "source",
@@ -127,7 +107,7 @@ def test_user_stack_survives_a_bad_link_both_ways(lab, path):
                 timeout=300,
             )
         )
-        got = _result(sink.wait(timeout=120))
+        got = result(sink.wait(timeout=120))
         assert src["path"] == "kernel" and got["path"] == path
         assert src["bytes"] == got["bytes"] == nbytes
         assert src["sha256"] == got["sha256"]
