@@ -10,7 +10,7 @@ ROOT=$(pwd)
 VENV="$ROOT/.venv"
 APT_PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
   pkg-config gcc python3-dev python3-venv mmdebstrap cpio e2fsprogs openssh-client iproute2
-  iperf3 ethtool ca-certificates)
+  iperf3 ethtool tcpdump ca-certificates)
 
 say() { printf '\033[1m== %s\033[0m\n' "$*"; }
 

@@ -26,6 +26,7 @@ APT_PACKAGES = [
     "iperf3",
     "ethtool",
     "pkg-config",
+    "tcpdump",
 ]
 PY_MODULES = [
     "paramiko",
