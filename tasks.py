@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -244,6 +245,66 @@ def lab_console(c, node, name=None, config=DEFAULT_CONFIG, log=False):
     os.execvp("virsh", ["virsh", "-c", "qemu:///system", "console", state.node(node).domain])
 
 
+@task(
+    help={
+        "link": "link name (lab.status shows each NIC's link)",
+        "seconds": "how long to capture (default 10)",
+        "out": "pcap to write (default results/captures/STAMP-LAB-LINK.pcap)",
+        "name": "lab name",
+        "config": "lab file",
+        "max_bytes": "stop when the file reaches this size (default 64 MiB)",
+        "snaplen": "bytes kept of each frame (default 65535: whole frames)",
+    }
+)
+def lab_capture(
+    c,
+    link,
+    seconds=10.0,
+    out=None,
+    name=None,
+    config=DEFAULT_CONFIG,
+    max_bytes=None,
+    snaplen=None,
+):
+    """Capture a link of a running lab to a pcap, from the host side (QEMU's filter-dump)."""
+    from host.capture import (
+        DEFAULT_MAX_BYTES,
+        DEFAULT_SNAPLEN,
+        Capture,
+        CaptureError,
+        default_capture_path,
+    )
+
+    state = _state(name or _load(config).lab)
+    try:
+        seconds = float(seconds)
+        max_bytes = int(max_bytes) if max_bytes is not None else DEFAULT_MAX_BYTES
+        snaplen = int(snaplen) if snaplen is not None else DEFAULT_SNAPLEN
+    except ValueError as e:
+        raise Exit(f"lab.capture: {e}", code=2) from None
+    if seconds <= 0:
+        raise Exit(f"--seconds must be positive, not {seconds:g}", code=2)
+    try:
+        cap = Capture(
+            state,
+            link,
+            Path(out) if out else default_capture_path(state.lab, link),
+            max_bytes=max_bytes,
+            snaplen=snaplen,
+        )
+        _say(f"capturing link {link} at node {cap.end.node} for {seconds:g} s (Ctrl-C stops)")
+        with cap, contextlib.suppress(KeyboardInterrupt):
+            cap.wait(seconds)
+    except CaptureError as e:
+        raise Exit(f"lab.capture: {e}", code=2) from None
+    r = cap.result
+    _say(
+        f"{r.frames} frames, {r.bytes} bytes in {r.seconds:.1f} s"
+        + (f" (stopped early: reached the {r.max_bytes}-byte bound)" if r.bound_reached else "")
+        + f"\npcap: {r.path}   (tcpdump -r {r.path})"
+    )
+
+
 @task(help={"name": "lab name (default: the config's)", "config": "lab file"})
 def lab_down(c, name=None, config=DEFAULT_CONFIG):
     """Stop a lab started with lab.up: destroy its domains, remove its files."""
@@ -387,6 +448,7 @@ ns.add_collection(
         up=lab_up,
         status=lab_status,
         ssh=lab_ssh,
+        capture=lab_capture,
         console=lab_console,
         down=lab_down,
         sweep=lab_sweep,
