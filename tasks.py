@@ -267,20 +267,16 @@ def lab_capture(
     snaplen=None,
 ):
     """Capture a link of a running lab to a pcap, from the host side (QEMU's filter-dump)."""
-    from host.capture import (
-        DEFAULT_MAX_BYTES,
-        DEFAULT_SNAPLEN,
-        Capture,
-        CaptureError,
-        default_capture_path,
-    )
+    from host.capture import Bounds, Capture, CaptureError, default_capture_path
 
     state = _state(name or _load(config).lab)
     try:
         seconds = float(seconds)
-        max_bytes = int(max_bytes) if max_bytes is not None else DEFAULT_MAX_BYTES
-        snaplen = int(snaplen) if snaplen is not None else DEFAULT_SNAPLEN
+        sizes = {"max_bytes": max_bytes, "snaplen": snaplen}
+        bounds = Bounds(**{k: int(v) for k, v in sizes.items() if v is not None})
     except ValueError as e:
+        raise Exit(f"lab.capture: {e}", code=2) from None
+    except CaptureError as e:
         raise Exit(f"lab.capture: {e}", code=2) from None
     if seconds <= 0:
         raise Exit(f"--seconds must be positive, not {seconds:g}", code=2)
@@ -289,8 +285,7 @@ def lab_capture(
             state,
             link,
             Path(out) if out else default_capture_path(state.lab, link),
-            max_bytes=max_bytes,
-            snaplen=snaplen,
+            bounds,
         )
         _say(f"capturing link {link} at node {cap.end.node} for {seconds:g} s (Ctrl-C stops)")
         with cap, contextlib.suppress(KeyboardInterrupt):

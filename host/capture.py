@@ -101,11 +101,18 @@ def link_end(state: LabState, link: str) -> LinkEnd:
     return links[link][0]
 
 
-def check_bounds(max_bytes: int, snaplen: int) -> None:
-    if max_bytes < MIN_MAX_BYTES:
-        raise CaptureError(f"max_bytes must be at least {MIN_MAX_BYTES}, not {max_bytes}")
-    if not 60 <= snaplen <= 262144:
-        raise CaptureError(f"snaplen must be between 60 and 262144, not {snaplen}")
+@dataclass(frozen=True)
+class Bounds:
+    """How much a capture keeps: the file's size, and the bytes kept of each frame."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    snaplen: int = DEFAULT_SNAPLEN
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < MIN_MAX_BYTES:
+            raise CaptureError(f"max_bytes must be at least {MIN_MAX_BYTES}, not {self.max_bytes}")
+        if not 60 <= self.snaplen <= 262144:
+            raise CaptureError(f"snaplen must be between 60 and 262144, not {self.snaplen}")
 
 
 def pcap_records(data: bytes) -> Iterator[tuple[int, int]]:
@@ -195,21 +202,13 @@ class Capture:
     """A capture of one link of a running lab; a context manager (start on enter, stop on
     exit). The link is checked before anything starts."""
 
-    def __init__(
-        self,
-        state: LabState,
-        link: str,
-        out: Path,
-        *,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        snaplen: int = DEFAULT_SNAPLEN,
-    ):
+    def __init__(self, state: LabState, link: str, out: Path, bounds: Bounds | None = None):
         self.end = link_end(state, link)
-        check_bounds(max_bytes, snaplen)
+        bounds = bounds or Bounds()
         self.out = Path(out).resolve()
         self.part = self.out.with_name(self.out.name + ".part")
-        self.max_bytes = max_bytes
-        self.snaplen = snaplen
+        self.max_bytes = bounds.max_bytes
+        self.snaplen = bounds.snaplen
         self.filter_id = f"{FILTER_PREFIX}-{os.getpid()}-{next(_ids)}"
         self.result: CaptureResult | None = None
         self.bound_reached = threading.Event()

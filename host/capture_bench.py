@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-from host.capture import DEFAULT_SNAPLEN, Capture
+from host.capture import DEFAULT_SNAPLEN, Bounds, Capture, CaptureError
 from host.experiments.base import Target
 from host.experiments.measure import traffic_pair
 from host.lab import Lab, LabState
@@ -44,8 +44,7 @@ def run_rounds(
     link: str,
     rounds: int,
     seconds: float,
-    snaplen: int,
-    max_bytes: int,
+    bounds: Bounds,
     folder: Path,
     progress=print,
 ) -> list[dict]:
@@ -58,7 +57,7 @@ def run_rounds(
                 row["plain_mbit_per_s"] = stream(target, seconds)
             else:
                 pcap = folder / f"round{r}.pcap"
-                with Capture(state, link, pcap, max_bytes=max_bytes, snaplen=snaplen) as cap:
+                with Capture(state, link, pcap, bounds) as cap:
                     row["capture_mbit_per_s"] = stream(target, seconds)
                 res = cap.result
                 row.update(frames=res.frames, pcap_bytes=res.bytes, bound_reached=res.bound_reached)
@@ -126,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0:
         p.error("--rounds must be at least 1 and --seconds positive")
+    try:
+        bounds = Bounds(args.max_bytes, args.snaplen)
+    except CaptureError as e:
+        p.error(str(e))
     cfg = load_lab(args.config)
     link = cfg.link(args.link) if args.link else cfg.links[0]
     client, server = link.endpoints
@@ -149,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 link.name,
                 args.rounds,
                 args.seconds,
-                args.snaplen,
-                args.max_bytes,
+                bounds,
                 Path(folder),
                 progress=say,
             )

@@ -8,8 +8,8 @@ import pytest
 
 from host.capture import (
     PCAP_HEADER,
+    Bounds,
     CaptureError,
-    check_bounds,
     interface_alias,
     link_end,
     pcap_records,
@@ -63,7 +63,7 @@ def test_an_unknown_link_is_named_with_the_labs_links():
 @pytest.mark.parametrize("max_bytes, snaplen", [(50, 1500), (1 << 20, 10), (1 << 20, 1 << 20)])
 def test_bounds_out_of_range_are_refused(max_bytes, snaplen):
     with pytest.raises(CaptureError):
-        check_bounds(max_bytes, snaplen)
+        Bounds(max_bytes, snaplen)
 
 
 @pytest.mark.parametrize("big_endian", [False, True])

@@ -6,16 +6,16 @@ from __future__ import annotations
 import re
 import subprocess
 
-from host.capture import RECORD_HEADER, Capture, pcap_records, pcap_summary
+from host.capture import RECORD_HEADER, Bounds, Capture, pcap_records, pcap_summary
 from host.ssh import traffic_command
 
 STREAM = "--path kernel --bytes 2000000 --seed 3 --msg-size 50000 --no-hash"
 
 
-def _stream_through_capture(lab, port: int, out, **bounds):
+def _stream_through_capture(lab, port: int, out, bounds: Bounds | None = None):
     link = lab.config.link_between("a", "b")
     server_ip = str(link.address_of("b").ip)
-    with Capture(lab.state, link.name, out, **bounds) as cap:
+    with Capture(lab.state, link.name, out, bounds) as cap:
         sink = lab.guest("b").start(
             traffic_command("sink", f"--path kernel --bind {server_ip} --port {port} --no-hash")
         )
@@ -62,7 +62,9 @@ def test_capture_shows_the_streams_handshake_and_data(lab, tmp_path):
 
 
 def test_capture_keeps_to_its_size_bound_and_snap_length(lab, tmp_path):
-    result = _stream_through_capture(lab, 6202, tmp_path / "tiny.pcap", max_bytes=4096, snaplen=96)
+    result = _stream_through_capture(
+        lab, 6202, tmp_path / "tiny.pcap", Bounds(max_bytes=4096, snaplen=96)
+    )
     assert result.bound_reached
     assert result.path.stat().st_size == result.bytes <= 4096
     assert result.frames > 0
