@@ -274,9 +274,7 @@ def lab_capture(
         seconds = float(seconds)
         sizes = {"max_bytes": max_bytes, "snaplen": snaplen}
         bounds = Bounds(**{k: int(v) for k, v in sizes.items() if v is not None})
-    except ValueError as e:
-        raise Exit(f"lab.capture: {e}", code=2) from None
-    except CaptureError as e:
+    except (ValueError, CaptureError) as e:
         raise Exit(f"lab.capture: {e}", code=2) from None
     if seconds <= 0:
         raise Exit(f"--seconds must be positive, not {seconds:g}", code=2)

@@ -16,7 +16,7 @@ filter when it reaches the bound; the file is then cut back to the last whole re
 Nothing leaks: the file is written as `OUT.part` and renamed only when the capture stopped
 cleanly, so a half-written capture never carries the final name. `stop()` is idempotent and
 runs on leaving the context manager (an exception, Ctrl-C). A guard process, started with a
-pipe on its stdin like the lab's guardian (`python -m host.capture RUN...`), detaches the
+pipe on its stdin like the lab's guardian (`python -m host.capture DOMAIN FILTER`), detaches the
 filter if the capturing process dies without saying `done` (SIGKILL); the `.part` file stays
 as the notice. A filter dies with its domain anyway.
 """
