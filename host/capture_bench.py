@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-from host.capture import DEFAULT_SNAPLEN, Bounds, Capture, CaptureError
+from host.capture import DEFAULT_SNAPLEN, Bounds, Capture, CaptureError, link_end
 from host.experiments.base import Target
 from host.experiments.measure import traffic_pair
 from host.lab import Lab, LabState
@@ -29,13 +30,23 @@ BENCH_SNAPLEN = 128  # headers only: the figure is the cost of the mechanism, no
 BENCH_MAX_BYTES = 1 << 30
 
 
-def stream(target: Target, seconds: float) -> float:
-    """One kernel-path stream of `seconds`, hashing off; the sink's Mbit/s."""
+def qemu_cpu_seconds(domain: str) -> float:
+    """CPU time (user + system) of a running domain's QEMU process so far."""
+    pid = Path(f"/run/libvirt/qemu/{domain}.pid").read_text().strip()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stream(target: Target, seconds: float, domain: str) -> tuple[float, float]:
+    """One kernel-path stream of `seconds`, hashing off: the sink's Mbit/s, and the CPU time
+    the capturing endpoint's QEMU spent per MB carried (ms)."""
     common = "--timeout 30 --msg-size 65536 --no-hash"
+    cpu0 = qemu_cpu_seconds(domain)
     _cli, srv = traffic_pair(
         target, common, f"{common} --duration {seconds}", "sink", "source", seconds + 90
     )
-    return srv["mbit_per_s"]
+    cpu_ms = (qemu_cpu_seconds(domain) - cpu0) * 1000
+    return srv["mbit_per_s"], cpu_ms / max(srv["bytes"] / 1e6, 1e-9)
 
 
 def run_rounds(
@@ -49,16 +60,21 @@ def run_rounds(
     progress=print,
 ) -> list[dict]:
     out = []
+    domain = link_end(state, link).domain
     for r in range(1, rounds + 1):
         order = ("plain", "capture") if r % 2 else ("capture", "plain")
         row: dict = {"round": r, "order": list(order)}
         for kind in order:
             if kind == "plain":
-                row["plain_mbit_per_s"] = stream(target, seconds)
+                row["plain_mbit_per_s"], row["plain_qemu_cpu_ms_per_mb"] = stream(
+                    target, seconds, domain
+                )
             else:
                 pcap = folder / f"round{r}.pcap"
                 with Capture(state, link, pcap, bounds) as cap:
-                    row["capture_mbit_per_s"] = stream(target, seconds)
+                    row["capture_mbit_per_s"], row["capture_qemu_cpu_ms_per_mb"] = stream(
+                        target, seconds, domain
+                    )
                 res = cap.result
                 row.update(frames=res.frames, pcap_bytes=res.bytes, bound_reached=res.bound_reached)
                 pcap.unlink(missing_ok=True)
@@ -74,6 +90,10 @@ def summary(rows: list[dict]) -> dict:
     return {
         "plain_mbit_per_s": statistics.median(r["plain_mbit_per_s"] for r in rows),
         "capture_mbit_per_s": statistics.median(r["capture_mbit_per_s"] for r in rows),
+        "plain_qemu_cpu_ms_per_mb": statistics.median(r["plain_qemu_cpu_ms_per_mb"] for r in rows),
+        "capture_qemu_cpu_ms_per_mb": statistics.median(
+            r["capture_qemu_cpu_ms_per_mb"] for r in rows
+        ),
         "ratio_median": med,
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
@@ -86,7 +106,8 @@ def _table(rows: list[dict], summ: dict) -> None:
     from rich.table import Table
 
     table = Table(title="kernel stream with and without link capture", title_justify="left")
-    for col in ("round", "plain Mbit/s", "capture Mbit/s", "ratio", "frames", "pcap MB"):
+    cols = ("round", "plain Mbit/s", "capture Mbit/s", "ratio", "QEMU ms/MB plain", "capture")
+    for col in (*cols, "frames", "pcap MB"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
@@ -94,6 +115,8 @@ def _table(rows: list[dict], summ: dict) -> None:
             f"{r['plain_mbit_per_s']:.0f}",
             f"{r['capture_mbit_per_s']:.0f}",
             f"{r['ratio']:.3f}",
+            f"{r['plain_qemu_cpu_ms_per_mb']:.1f}",
+            f"{r['capture_qemu_cpu_ms_per_mb']:.1f}",
             str(r["frames"]),
             f"{r['pcap_bytes'] / 1e6:.1f}" + (" (bound)" if r["bound_reached"] else ""),
         )
@@ -102,10 +125,12 @@ def _table(rows: list[dict], summ: dict) -> None:
         f"{summ['plain_mbit_per_s']:.0f}",
         f"{summ['capture_mbit_per_s']:.0f}",
         f"{summ['ratio_median']:.3f} ({summ['ratio_min']:.3f}-{summ['ratio_max']:.3f})",
+        f"{summ['plain_qemu_cpu_ms_per_mb']:.1f}",
+        f"{summ['capture_qemu_cpu_ms_per_mb']:.1f}",
         "",
         "",
     )
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
