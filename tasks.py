@@ -350,7 +350,7 @@ def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False,
     down afterwards, whatever happens.
     """
     from host.accel import accel_for
-    from host.bench import metadata, run_experiments, save_results
+    from host.bench import metadata, result_stem, run_experiments, save_results
     from host.image import cached_image
     from host.lab import Lab, LabState, terminate_on_sigterm
     from host.report import load, print_results
@@ -364,14 +364,14 @@ def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False,
     if not str(rounds).isdigit() or int(rounds) < 1:
         raise Exit(f"--rounds must be a whole number of at least 1, not {rounds!r}", code=2)
     rounds = int(rounds)
+    stem = result_stem(cfg.lab, out_dir)
+    captures = stem.with_name(stem.name + ".captures")  # used only by experiments with capture:
     running = LabState.load(cfg.lab)
     terminate_on_sigterm()
     if running is not None and running.owner_alive():
         _say(f"using running lab {cfg.lab} (owner pid {running.owner_pid})")
         guests = {n.name: running.guest(n.name) for n in running.nodes}
-        records = run_experiments(
-            cfg, running, guests.__getitem__, names, progress=_say, rounds=rounds
-        )
+        records = run_experiments(cfg, running, guests.__getitem__, names, _say, rounds, captures)
         img = cached_image(cfg.image)
         meta = metadata(cfg, running, img.manifest if img else {}, rounds)
         for g in guests.values():
@@ -379,11 +379,13 @@ def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False,
     else:
         with Lab(cfg, accel=accel_for(cfg.image, accel, progress=_say), progress=_say) as lab:
             state = lab.up()
-            records = run_experiments(cfg, state, lab.guest, names, progress=_say, rounds=rounds)
+            records = run_experiments(cfg, state, lab.guest, names, _say, rounds, captures)
             meta = metadata(cfg, state, lab.image.manifest, rounds)
-    path = save_results(meta, records, out_dir)
+    path = save_results(meta, records, stem=stem)
     print_results(load(path), console)
     _say(f"results: {path}")
+    if captures.exists():
+        _say(f"captures: {captures}")
     if plot:
         png = make_plot([path], path.with_suffix(".png"))
         _say(f"plot: {png}")

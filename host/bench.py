@@ -7,6 +7,7 @@ rounds, dispatches to the type's runner, and saves the results with their metada
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import statistics
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from host.capture import Bounds, Capture, CaptureError, CaptureResult
 from host.config import ExperimentConfig, LabConfig
 from host.experiments import EXPERIMENT_TYPES, BenchError, Target
 from host.lab import LabState
@@ -96,8 +98,12 @@ def run_experiments(
     only: list[str] | None = None,
     progress: Callable[[str], None] = print,
     rounds: int = 1,
+    capture_dir: Path | None = None,
 ) -> list[dict]:
     """Run the selected experiments `rounds` times over, in the file's order each round.
+
+    An experiment with `capture:` records every link its route crosses, for each run, into
+    `capture_dir` (no capture without one): `NAME-rROUND-LINK.pcap`.
 
     Rounds interleave the experiments (a b c, a b c, ...) rather than repeating each in place
     (a a, b b, ...), so a slow drift of the host (another guest's page cache, thermal state,
@@ -126,16 +132,42 @@ def run_experiments(
                     f"{' -> '.join(path.nodes)}, {exp.duration_s:g} s)"
                     + (f" repeat {rep + 1}/{exp.repeat}" if exp.repeat > 1 else "")
                 )
+                name = f"{exp.name}-r{round_no}" + (f"-{rep + 1}" if exp.repeat > 1 else "")
+                captures: list[Capture] = []
                 try:
-                    run = EXPERIMENT_TYPES[exp.type].run(target)
-                except (BenchError, GuestError) as err:
+                    with contextlib.ExitStack() as stack:
+                        if exp.capture is not None and capture_dir is not None:
+                            bounds = Bounds(exp.capture.max_bytes, exp.capture.snaplen)
+                            for link in path.links:
+                                out = capture_dir / f"{name}-{link}.pcap"
+                                captures.append(
+                                    stack.enter_context(Capture(state, link, out, bounds))
+                                )
+                        run = EXPERIMENT_TYPES[exp.type].run(target)
+                except (BenchError, GuestError, CaptureError) as err:
                     run = {"error": str(err)}
                     progress(f"    FAILED: {err}")
+                if captures:
+                    run["captures"] = [_capture_record(c.result, capture_dir) for c in captures]
                 runs[i].append({**run, "round": round_no})
     return [
         _record(exp, path, exp_runs)
         for exp, path, exp_runs in zip(selected, paths, runs, strict=True)
     ]
+
+
+def _capture_record(result: CaptureResult | None, capture_dir: Path | None) -> dict | None:
+    """What a run's JSON says of one capture: the pcap's path beside the result file."""
+    if result is None:
+        return None
+    where = result.path.relative_to(capture_dir.parent) if capture_dir else result.path
+    return {
+        "link": result.link,
+        "pcap": str(where),
+        "frames": result.frames,
+        "bytes": result.bytes,
+        "bound_reached": result.bound_reached,
+    }
 
 
 def _record(exp: ExperimentConfig, path: RoutePath, runs: list[dict]) -> dict:
@@ -201,11 +233,20 @@ def metadata(config: LabConfig, state: LabState, image_manifest: dict, rounds: i
     }
 
 
-def save_results(meta: dict, records: list[dict], out_dir: Path | None = None) -> Path:
-    out_dir = out_dir or results_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+def result_stem(lab: str, out_dir: Path | None = None) -> Path:
+    """Where a run's results go, without the suffix: `results/STAMP-LAB`. Chosen when the run
+    starts, so that its captures (`STAMP-LAB.captures/`) sit next to its JSON."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = out_dir / f"{stamp}-{meta['lab']}.json"
+    return (out_dir or results_dir()) / f"{stamp}-{lab}"
+
+
+def save_results(
+    meta: dict, records: list[dict], out_dir: Path | None = None, stem: Path | None = None
+) -> Path:
+    stem = stem or result_stem(meta["lab"], out_dir)
+    out_dir = stem.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = stem.with_name(stem.name + ".json")
     data = {"metadata": meta, "results": records, "comparisons": comparisons(records)}
     path.write_text(json.dumps(data, indent=2) + "\n")
     latest = out_dir / "latest.json"

@@ -38,16 +38,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from host.fields import (
+    CAPTURE_MAX_BYTES,
+    CAPTURE_MIN_BYTES,
+    CAPTURE_SNAPLEN,
+    CAPTURE_SNAPLEN_RANGE,
+)
+
 if TYPE_CHECKING:
     import libvirt
 
     from host.lab import LabState
 
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-DEFAULT_SNAPLEN = 65535  # whole frames: the link's frames are at most its MTU + 14 bytes
+DEFAULT_MAX_BYTES = CAPTURE_MAX_BYTES
+DEFAULT_SNAPLEN = CAPTURE_SNAPLEN
 PCAP_HEADER = 24
 RECORD_HEADER = 16
-MIN_MAX_BYTES = PCAP_HEADER + RECORD_HEADER + 60  # the header and one minimum frame
+MIN_MAX_BYTES = CAPTURE_MIN_BYTES  # PCAP_HEADER, RECORD_HEADER and one minimum frame
 POLL_S = 0.05
 FILTER_PREFIX = "sbcap"
 
@@ -111,8 +118,9 @@ class Bounds:
     def __post_init__(self) -> None:
         if self.max_bytes < MIN_MAX_BYTES:
             raise CaptureError(f"max_bytes must be at least {MIN_MAX_BYTES}, not {self.max_bytes}")
-        if not 60 <= self.snaplen <= 262144:
-            raise CaptureError(f"snaplen must be between 60 and 262144, not {self.snaplen}")
+        low, high = CAPTURE_SNAPLEN_RANGE
+        if not low <= self.snaplen <= high:
+            raise CaptureError(f"snaplen must be between {low} and {high}, not {self.snaplen}")
 
 
 def pcap_records(data: bytes) -> Iterator[tuple[int, int]]:

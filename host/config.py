@@ -44,7 +44,17 @@ from guest.stack.offloads import Offloads
 from guest.traffic.providers import PROVIDERS
 from host.experiments import EXPERIMENT_TYPES
 from host.experiments import options as experiment_options
-from host.fields import NO_BOOL, ExperimentName, LabName, LinkName, NodeName
+from host.fields import (
+    CAPTURE_MAX_BYTES,
+    CAPTURE_MIN_BYTES,
+    CAPTURE_SNAPLEN,
+    CAPTURE_SNAPLEN_RANGE,
+    NO_BOOL,
+    ExperimentName,
+    LabName,
+    LinkName,
+    NodeName,
+)
 from host.routing import Path as RoutePath
 from host.routing import Routing
 from host.yamlguard import TooExpensive, check_length
@@ -268,6 +278,25 @@ class StackOptions(_Strict):
         return str(Offloads.parse(value))  # ValueError names the unknown lever
 
 
+class CaptureOptions(_Strict):
+    """Capture every link the experiment's route crosses, from the host side (QEMU's
+    filter-dump, host/capture.py): one pcap per link and run, next to the result file."""
+
+    #: The size bound of each pcap file; the capture stops early when it is reached.
+    max_bytes: Annotated[int, NO_BOOL, Field(ge=CAPTURE_MIN_BYTES)] = CAPTURE_MAX_BYTES
+    #: The bytes kept of each frame (65535: whole frames).
+    snaplen: Annotated[
+        int, NO_BOOL, Field(ge=CAPTURE_SNAPLEN_RANGE[0], le=CAPTURE_SNAPLEN_RANGE[1])
+    ] = CAPTURE_SNAPLEN
+
+
+def _capture_flag(value: Any) -> Any:
+    """`capture: true` asks for the default bounds, `capture: false` for no capture."""
+    if value is True:
+        return {}
+    return None if value is False else value
+
+
 class _ExperimentCommon(_Strict):
     """The fields of every experiment, whatever its type; ExperimentConfig adds the types'
     options after them, then the common fields that follow in the file's documented order."""
@@ -341,6 +370,7 @@ ExperimentConfig = create_model(
     **{name: (option.annotation | None, None) for name, (option, _owners) in _OPTIONS.items()},
     repeat=(Repeat, 1),
     stack=(StackOptions, Field(default_factory=StackOptions)),
+    capture=(Annotated[CaptureOptions | None, BeforeValidator(_capture_flag)], None),
     # Another experiment of the same type that this one is compared with: the report shows
     # this one's compared figure (the type's: throughput for stream, p50 latency for rr) as
     # a ratio of the baseline's, paired round by round (`invoke bench --rounds N`).

@@ -52,3 +52,13 @@ ExperimentName = Annotated[
         matches(r"[a-z0-9][a-z0-9._-]{0,47}", "1-48 of a-z 0-9 . _ -, starting a-z or 0-9")
     ),
 ]
+
+
+# Capture bounds (host/capture.py), shared with the lab file's `capture:` option.
+#: The pcap file's size bound: QEMU has none of its own.
+CAPTURE_MAX_BYTES = 64 * 1024 * 1024
+#: The bytes kept of each frame: whole frames (a link's frames are at most its MTU + 14).
+CAPTURE_SNAPLEN = 65535
+#: The pcap header (24), one record header (16) and one minimum frame (60).
+CAPTURE_MIN_BYTES = 24 + 16 + 60
+CAPTURE_SNAPLEN_RANGE = (60, 262144)

@@ -480,3 +480,23 @@ def test_client_equal_server_is_rejected_at_server() -> None:
         "inline.yaml:4: experiments[0].server: client and server must be different nodes; "
         "both are 'a'"
     )
+
+
+def test_capture_on_an_experiment_takes_true_or_bounds() -> None:
+    base = """
+    lab: t
+    nodes: [{name: a}, {name: b}]
+    links: [{endpoints: [a, b]}]
+    experiments: [{name: m, type: stream, client: a, server: b, capture: CAPTURE}]
+    """
+
+    def capture(value: str):
+        return parse_lab(textwrap.dedent(base).replace("CAPTURE", value)).experiments[0].capture
+
+    assert capture("false") is None
+    assert capture("true").model_dump() == {"max_bytes": 64 * 1024 * 1024, "snaplen": 65535}
+    assert capture("{snaplen: 128}").snaplen == 128
+    with pytest.raises(ConfigError, match=r"capture\.snaplen: Input should be greater than"):
+        capture("{snaplen: 10}")
+    with pytest.raises(ConfigError, match=r"capture\.max_bytes: Input should be a number"):
+        capture("{max_bytes: yes}")

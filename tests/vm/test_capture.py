@@ -71,3 +71,25 @@ def test_capture_keeps_to_its_size_bound_and_snap_length(lab, tmp_path):
     assert len(_tcpdump(result.path).splitlines()) == result.frames
     records = list(pcap_records(result.path.read_bytes()))
     assert max(end - off - RECORD_HEADER for off, end in records) == 96
+
+
+def test_an_experiment_with_capture_writes_a_pcap_per_link_next_to_its_result(lab, tmp_path):
+    """`capture:` on an experiment: the bench records each link of its route for each run,
+    and the run's JSON names the pcap, relative to the result file's folder."""
+    from host.bench import BASE_PORT, run_experiments
+    from host.config import CaptureOptions
+
+    exp = lab.config.experiment("kernel-stream").model_copy(
+        update={"capture": CaptureOptions(), "duration_s": 2.0}
+    )
+    config = lab.config.model_copy(update={"experiments": [exp]})
+    (record,) = run_experiments(
+        config, lab.state, lab.guest, capture_dir=tmp_path / "run.captures", progress=print
+    )
+    (run,) = record["runs"]
+    assert "error" not in run, run
+    (capture,) = run["captures"]
+    assert capture["link"] == exp.link and capture["frames"] > 100
+    pcap = tmp_path / capture["pcap"]
+    assert pcap.parent == tmp_path / "run.captures" and pcap.exists()
+    assert " Flags [S]," in _tcpdump(pcap, f"tcp port {BASE_PORT}")
