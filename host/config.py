@@ -55,6 +55,8 @@ from host.fields import (
     LinkName,
     NodeName,
 )
+from host.impairments import LinkImpair, Netem
+from host.impairments import problems as netem_problems
 from host.routing import Path as RoutePath
 from host.routing import Routing
 from host.yamlguard import TooExpensive, check_length
@@ -197,6 +199,9 @@ class LinkConfig(_Strict):
     model: Literal["e1000", "e1000e", "virtio"] = "e1000"
     mtu: Mtu = 1500
     addresses: AddressPair | None = None
+    #: netem on each end's egress (host.impairments): fields for both directions, and
+    #: `from: {NODE: {...}}` overriding them for what NODE sends.
+    impair: LinkImpair | None = None
 
     @field_validator("endpoints")
     @classmethod
@@ -375,6 +380,9 @@ ExperimentConfig = create_model(
     # this one's compared figure (the type's: throughput for stream, p50 latency for rr) as
     # a ratio of the baseline's, paired round by round (`invoke bench --rounds N`).
     baseline=(ExperimentName | None, None),
+    # Impairments for this run, by link name, in place of the lab's on those links (each
+    # link's whole `impair:`); the lab's own are restored after the run.
+    impair=(dict[LinkName, LinkImpair], Field(default_factory=dict)),
 )
 
 
@@ -515,6 +523,50 @@ def _link_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
                     f"({lab.links[other].subnet})",
                 )
                 break
+        yield from _impair_problems(index, link)
+
+
+def _impair_problems(index: int, link: LinkConfig) -> Iterator[tuple[Loc, str]]:
+    """`from:` names a sender, an endpoint of this link; netem can do what is asked."""
+    if link.impair is None:
+        return
+    for loc, message in netem_problems(link.impair):
+        yield ("links", index, "impair", *loc), message
+    for sender in link.impair.from_:
+        if sender not in link.endpoints:
+            yield (
+                ("links", index, "impair", "from", sender),
+                f"{sender!r} is not an endpoint of link {link.name!r} "
+                f"({link.endpoints[0]!r}, {link.endpoints[1]!r}); from: names the sending end",
+            )
+
+
+def _override_problems(
+    lab: LabConfig, index: int, exp: ExperimentConfig, routes: Routing
+) -> Iterator[tuple[Loc, str]]:
+    """An experiment's `impair:` names links its traffic crosses."""
+    links = {link.name: link for link in lab.links}
+    usable = exp.link is None or (
+        exp.link in links and links[exp.link].joins(exp.client, exp.server)
+    )
+    path = routes.path(exp.client, exp.server, exp.link) if exp.impair and usable else None
+    for name, impair in exp.impair.items():
+        where: Loc = ("experiments", index, "impair", name)
+        for loc, message in netem_problems(impair):
+            yield (*where, *loc), message
+        if name not in links:
+            yield where, f"no link named {name!r}"
+        elif path is not None and name not in path.links:
+            crossed = ", ".join(path.links)
+            yield where, f"link {name!r} is not on this experiment's path (it crosses {crossed})"
+        else:
+            link = links[name]
+            for sender in impair.from_:
+                if sender not in link.endpoints:
+                    yield (
+                        (*where, "from", sender),
+                        f"{sender!r} is not an endpoint of link {name!r}",
+                    )
 
 
 def _experiment_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
@@ -552,6 +604,7 @@ def _experiment_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
                 f"link {exp.link!r} joins {ends[0]!r} and {ends[1]!r}, "
                 f"not client {exp.client!r} and server {exp.server!r}{why}",
             )
+        yield from _override_problems(lab, index, exp, routes)
     yield from _baseline_problems(lab)
 
 
@@ -610,7 +663,9 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
 def _unknown_field_message(loc: Loc) -> str:
     """Explain an unknown key by listing what is allowed there, with a spelling guess."""
     model = LabConfig if len(loc) == 1 else _SECTION_MODELS.get(str(loc[0]), LabConfig)
-    allowed = list(model.model_fields)
+    if "impair" in loc[:-1]:
+        model = Netem if "from" in loc[:-1] else LinkImpair
+    allowed = [info.alias or name for name, info in model.model_fields.items()]
     message = f"unknown field {loc[-1]!r}"
     guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
     if guess:
