@@ -171,8 +171,13 @@ def lab_status(c, name=None, config=DEFAULT_CONFIG):
     for col in ("node", "domain", "ssh", "boot", "NICs", "routes", "console log"):
         table.add_column(col)
     for n in state.nodes:
+        netem = {
+            i["dev"]: " ".join(f"{k} {v}" for k, v in i.items() if k not in ("link", "dev"))
+            for i in n.impairments
+        }
         nics = "\n".join(
             f"{x['name']} {x['address']} ({x['model']}, mtu {x['mtu']}, link {x['link']})"
+            + (f"\n  sends with netem {netem[x['name']]}" if netem.get(x["name"]) else "")
             for x in n.nics
         )
         routes = [f"{r['subnet']} via {r['via']} dev {r['dev']}" for r in n.routes]

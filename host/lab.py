@@ -28,6 +28,7 @@ from host.config import LabConfig
 from host.domain import Nic, NodeSpec, domain_xml
 from host.guardian import Guardian
 from host.image import Image, build_image, cached_image
+from host.impairments import LinkImpair, Netem, netem_command
 from host.paths import console_log_dir, labs_dir
 from host.slots import Slot, allocate_slot, link_port, node_loopback, ssh_port
 from host.ssh import Guest, generate_key
@@ -58,6 +59,8 @@ class NodeState:
     #: Static routes set at bring-up (host.routing): subnet, via, link, dev.
     routes: list[dict] = field(default_factory=list)
     forwarding: bool = False  # IP forwarding on: some route's next hop
+    #: netem set at bring-up on this node's egress (host.impairments): link, dev, fields.
+    impairments: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -315,6 +318,7 @@ class Lab:
 
         self._parallel(ready, self.state.nodes)
         self._route()
+        self._impair()
         uname = self._guests[self.state.nodes[0].name].run("uname -r").check()
         self.state.guest_kernel = uname.stdout.strip()
         self.state.save()
@@ -341,6 +345,16 @@ class Lab:
             count = sum(len(n.routes) for n in todo)
             forwarding = ", ".join(n.name for n in todo if n.forwarding) or "none"
             self.progress(f"  routes: {count} set; forwarding on {forwarding}")
+
+    def _impair(self) -> None:
+        """Put each link's impairments on its senders' egress: one SSH command per node."""
+        assert self.state is not None
+        links = {link.name: link.impair for link in self.config.links if link.impair}
+        for node, entries in set_impairments(self.state, self.guest, links).items():
+            self.state.node(node).impairments = entries
+        self.state.save()
+        if links:
+            self.progress(f"  impairments: netem on {', '.join(links)}")
 
     @staticmethod
     def _parallel(fn: Callable, items: list) -> None:
@@ -426,3 +440,38 @@ def terminate_on_sigterm() -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def impairment_plan(
+    state: LabState, links: dict[str, LinkImpair | None]
+) -> dict[str, tuple[str, list[dict]]]:
+    """For each node with a NIC on one of `links`: the shell command that puts what it sends
+    there under netem (each link's `impair:`, the node's direction; None: no impairment, the
+    default qdisc), and what that sets (link, dev and netem's fields)."""
+    plan = {}
+    for node in state.nodes:
+        commands, entries = [], []
+        for nic in node.nics:
+            if nic["link"] not in links:
+                continue
+            impair = links[nic["link"]]
+            netem = impair.direction(node.name) if impair else Netem()
+            commands.append(netem_command(nic["name"], netem))
+            entries.append({"link": nic["link"], "dev": nic["name"], **netem.given()})
+        if commands:
+            plan[node.name] = (" && ".join(commands), entries)
+    return plan
+
+
+def set_impairments(
+    state: LabState, guest: Callable[[str], Guest], links: dict[str, LinkImpair | None]
+) -> dict[str, list[dict]]:
+    """Apply `links`' impairments (see impairment_plan) on every node concerned, all at once;
+    return what each node now has on those links."""
+    plan = impairment_plan(state, links)
+
+    def apply(node: str) -> None:
+        guest(node).run(plan[node][0]).check()
+
+    Lab._parallel(apply, list(plan))
+    return {node: entries for node, (_, entries) in plan.items()}

@@ -99,3 +99,35 @@ def test_lab_file_impairments_and_experiment_override_resolve() -> None:
     assert override.direction("a").args() == "delay 20ms"
     dumped = json.loads(json.dumps(lab.to_dict()))
     assert dumped["links"][0]["impair"]["from"]["b"]["rate"] == "100mbit"
+
+
+def _state(lab):
+    from host.lab import LabState, NodeState
+
+    nodes = []
+    for node in lab.nodes:
+        state = NodeState(node.name, f"sb-t-{node.name}", 2222, "log", 1, 512)
+        for k, link in enumerate(x for x in lab.links if node.name in x.endpoints):
+            state.nics.append({"name": f"eth{k + 1}", "link": link.name})
+        nodes.append(state)
+    return LabState("t", "r", 1, "tcg", "i", "d", "/", "k", 1, None, 0.0, nodes)
+
+
+def test_each_sender_gets_its_direction_on_its_nic_for_the_link() -> None:
+    from host.lab import impairment_plan
+
+    lab = parse_lab(textwrap.dedent(LAB))
+    plan = impairment_plan(_state(lab), {"a-b": lab.link("a-b").impair})
+    assert plan["a"][0] == "tc qdisc replace dev eth1 root netem delay 10ms 1ms loss 2%"
+    assert plan["b"][1] == [
+        {
+            "link": "a-b",
+            "dev": "eth1",
+            "delay": "10ms",
+            "jitter": "1ms",
+            "loss": "0.5%",
+            "rate": "100mbit",
+        }
+    ]
+    cleared = impairment_plan(_state(lab), {"a-b": None})
+    assert cleared["a"] == (clear_command("eth1"), [{"link": "a-b", "dev": "eth1"}])
