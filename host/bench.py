@@ -13,13 +13,13 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from host.capture import Bounds, Capture, CaptureError, CaptureResult
 from host.config import ExperimentConfig, LabConfig
 from host.experiments import EXPERIMENT_TYPES, BenchError, Target
-from host.lab import LabState
+from host.lab import LabState, set_impairments
 from host.paths import PROJECT_ROOT, results_dir
 from host.report import comparisons
 from host.routing import Path as RoutePath
@@ -75,6 +75,33 @@ def _target(
         client_path=path_args(exp, state, exp.client, first.name, gateway(first, path.nodes[1])),
         server_path=path_args(exp, state, exp.server, last.name, gateway(last, path.nodes[-2])),
     )
+
+
+@contextlib.contextmanager
+def impaired(
+    config: LabConfig, state: LabState, guests: Callable[[str], Guest], exp: ExperimentConfig
+) -> Iterator[None]:
+    """The experiment's `impair:` in place of the lab's on those links for the run; the
+    lab's own put back afterwards, whatever happened."""
+    if not exp.impair:
+        yield
+        return
+    set_impairments(state, guests, dict(exp.impair))
+    try:
+        yield
+    finally:
+        set_impairments(state, guests, {name: config.link(name).impair for name in exp.impair})
+
+
+def impairments_in_force(config: LabConfig, exp: ExperimentConfig, path: RoutePath) -> dict:
+    """Each link the experiment crosses: what each of its ends sends through (netem's
+    fields; empty for none), the experiment's override where it has one."""
+    out = {}
+    for name in path.links:
+        link = config.link(name)
+        impair = exp.impair.get(name, link.impair)
+        out[name] = {end: impair.direction(end).given() if impair else {} for end in link.endpoints}
+    return out
 
 
 def _summary(runs: list[dict]) -> dict:
@@ -136,6 +163,7 @@ def run_experiments(
                 captures: list[Capture] = []
                 try:
                     with contextlib.ExitStack() as stack:
+                        stack.enter_context(impaired(config, state, guests, exp))
                         if exp.capture is not None and capture_dir is not None:
                             bounds = Bounds(exp.capture.max_bytes, exp.capture.snaplen)
                             for link in path.links:
@@ -151,7 +179,7 @@ def run_experiments(
                     run["captures"] = [_capture_record(c.result, capture_dir) for c in captures]
                 runs[i].append({**run, "round": round_no})
     return [
-        _record(exp, path, exp_runs)
+        _record(exp, path, exp_runs, impairments_in_force(config, exp, path))
         for exp, path, exp_runs in zip(selected, paths, runs, strict=True)
     ]
 
@@ -170,7 +198,7 @@ def _capture_record(result: CaptureResult | None, capture_dir: Path | None) -> d
     }
 
 
-def _record(exp: ExperimentConfig, path: RoutePath, runs: list[dict]) -> dict:
+def _record(exp: ExperimentConfig, path: RoutePath, runs: list[dict], impairments: dict) -> dict:
     ok = [r for r in runs if "error" not in r]
     return {
         "experiment": exp.name,
@@ -182,6 +210,8 @@ def _record(exp: ExperimentConfig, path: RoutePath, runs: list[dict]) -> dict:
         "link": exp.link,
         # The hops from client to server (host.routing): one for nodes joined by a link.
         "route": path.as_dict(),
+        # netem on each link crossed, per sending end, as it was for these runs.
+        "impairments": impairments,
         "duration_s": exp.duration_s,
         "baseline": exp.baseline,
         "runs": runs,

@@ -131,3 +131,14 @@ def test_each_sender_gets_its_direction_on_its_nic_for_the_link() -> None:
     ]
     cleared = impairment_plan(_state(lab), {"a-b": None})
     assert cleared["a"] == (clear_command("eth1"), [{"link": "a-b", "dev": "eth1"}])
+
+
+def test_results_record_the_override_in_force_on_each_link_crossed() -> None:
+    from host.bench import impairments_in_force
+
+    lab = parse_lab(textwrap.dedent(LAB))
+    exp = lab.experiment("p")
+    forced = impairments_in_force(lab, exp, lab.path_of(exp))
+    assert forced == {"a-b": {"a": {"delay": "20ms"}, "b": {"delay": "20ms"}}}
+    exp.impair = {}
+    assert impairments_in_force(lab, exp, lab.path_of(exp))["a-b"]["a"]["loss"] == "2%"
