@@ -22,7 +22,8 @@ import difflib
 from collections.abc import Iterator
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -55,7 +56,7 @@ from host.fields import (
     LinkName,
     NodeName,
 )
-from host.impairments import LinkImpair, Netem
+from host.impairments import LinkImpair
 from host.impairments import problems as netem_problems
 from host.routing import Path as RoutePath
 from host.routing import Routing
@@ -652,19 +653,41 @@ def _cross_reference_problems(lab: LabConfig) -> list[tuple[Loc, str]]:
     return [*_node_problems(lab), *_link_problems(lab), *_experiment_problems(lab)]
 
 
-_SECTION_MODELS: dict[str, type[BaseModel]] = {
-    "defaults": DefaultsConfig,
-    "nodes": NodeConfig,
-    "links": LinkConfig,
-    "experiments": ExperimentConfig,
-}
+def _bare(annotation: Any) -> Any:
+    """The type inside Annotated[...] and X | None."""
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+        elif get_origin(annotation) in (Union, UnionType):
+            annotation = next(a for a in get_args(annotation) if a is not type(None))
+        else:
+            return annotation
+
+
+def _model_at(loc: Loc) -> type[BaseModel]:
+    """The model whose fields may stand at `loc` (a key's parent path), following the schema
+    through nested models, lists and maps; LabConfig where the path leaves it."""
+    here: Any = LabConfig
+    for part in loc:
+        here = _bare(here)
+        if isinstance(here, type) and issubclass(here, BaseModel):
+            fields = {info.alias or name: info for name, info in here.model_fields.items()}
+            if part not in fields:
+                return LabConfig
+            here = fields[str(part)].annotation
+        elif get_origin(here) is list and isinstance(part, int):
+            here = get_args(here)[0]
+        elif get_origin(here) is dict:
+            here = get_args(here)[1]
+        else:
+            return LabConfig
+    here = _bare(here)
+    return here if isinstance(here, type) and issubclass(here, BaseModel) else LabConfig
 
 
 def _unknown_field_message(loc: Loc) -> str:
     """Explain an unknown key by listing what is allowed there, with a spelling guess."""
-    model = LabConfig if len(loc) == 1 else _SECTION_MODELS.get(str(loc[0]), LabConfig)
-    if "impair" in loc[:-1]:
-        model = Netem if "from" in loc[:-1] else LinkImpair
+    model = _model_at(loc[:-1])
     allowed = [info.alias or name for name, info in model.model_fields.items()]
     message = f"unknown field {loc[-1]!r}"
     guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)

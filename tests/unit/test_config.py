@@ -500,3 +500,24 @@ def test_capture_on_an_experiment_takes_true_or_bounds() -> None:
         capture("{snaplen: 10}")
     with pytest.raises(ConfigError, match=r"capture\.max_bytes: Input should be a number"):
         capture("{max_bytes: yes}")
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("stack: {devic: x}, path: mono", "stack.devic: unknown field 'devic' (did you mean"),
+        ("capture: {snaplenn: 9}", "allowed: max_bytes, snaplen"),
+        ("impair: {a-b: {delai: 1ms}}", "allowed: delay, jitter, loss"),
+        ("bogus: 1", "allowed: name, type, path, client, server"),
+    ],
+)
+def test_an_unknown_key_lists_what_is_allowed_where_it_stands(entry: str, expected: str) -> None:
+    text = f"""
+    lab: t
+    nodes: [{{name: a}}, {{name: b}}]
+    links: [{{endpoints: [a, b]}}]
+    experiments: [{{name: m, type: stream, client: a, server: b, {entry}}}]
+    """
+    with pytest.raises(ConfigError) as info:
+        parse_lab(textwrap.dedent(text))
+    assert expected in str(info.value)
