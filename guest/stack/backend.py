@@ -84,17 +84,15 @@ class NetStackBackend:
         self.connecting[handle] = req
 
     def listen(self, req: rq.ListenReq) -> None:
-        try:
-            handle = self.st.tcp_listen(req.port, req.backlog)
-        except OSError as e:
-            self.server.complete(req, e.errno or errno.EINVAL)
-            return
-        self._map(req.sock_id, handle)
-        self.server.complete(req, 0, port=int(self.st.socket_info(handle)["local_port"]))
+        self._bound(req, lambda: self.st.tcp_listen(req.port, req.backlog))
 
     def udp_bind(self, req: rq.BindReq) -> None:
+        self._bound(req, lambda: self.st.udp_bind(req.port))
+
+    def _bound(self, req: rq.ListenReq | rq.BindReq, open_socket: Callable[[], int]) -> None:
+        """Open a socket bound to a local port and answer with the port (or the errno)."""
         try:
-            handle = self.st.udp_bind(req.port)
+            handle = open_socket()
         except OSError as e:
             self.server.complete(req, e.errno or errno.EINVAL)
             return
