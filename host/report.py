@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
 from rich.table import Table
@@ -36,6 +38,23 @@ def _cell(column: Column, value) -> str:
     return _pct(value) if column.percent else _fmt(value, column.spec)
 
 
+def _path_label(rec: dict) -> str:
+    """The path as the table shows it, with the stack options that set its figures apart."""
+    kind = EXPERIMENT_TYPES.get(rec["type"])
+    path = (kind and kind.path_label) or rec["path"]
+    opts = rec.get("stack") or {}
+    if opts:
+        notes = [opts["offload"]]
+        if opts["device"] == "packet":
+            notes.append("socket")
+        if rec["path"] == "factored":
+            # older result files have no link: those ran the copy boundary
+            link = BOUNDARIES.get(opts.get("link", "copy"))
+            notes.append(link.label if link else str(opts.get("link")))
+        path += f" ({'; '.join(notes)})"
+    return path
+
+
 def results_table(data: dict) -> Table:
     meta = data["metadata"]
     title = (
@@ -57,21 +76,10 @@ def results_table(data: dict) -> Table:
             check = f"[red]FAILED[/red] {rec['errors'][0][:60]}"
         else:
             check = kind.check if kind else "ok"
-        path = (kind and kind.path_label) or rec["path"]
-        opts = rec.get("stack") or {}
-        if opts:
-            notes = [opts["offload"]]
-            if opts["device"] == "packet":
-                notes.append("socket")
-            if rec["path"] == "factored":
-                # older result files have no link: those ran the copy boundary
-                link = BOUNDARIES.get(opts.get("link", "copy"))
-                notes.append(link.label if link else str(opts.get("link")))
-            path += f" ({'; '.join(notes)})"
         cells = [
             _cell(column, s.get(keys[column]) if column in keys else None) for column in columns
         ]
-        table.add_row(rec["experiment"], rec["type"], path, *cells, check)
+        table.add_row(rec["experiment"], rec["type"], _path_label(rec), *cells, check)
     boots = ", ".join(f"{k} {v:.1f} s" for k, v in meta["boot_seconds"].items() if v is not None)
     table.caption = (
         f"image {meta['image']['name']}-{meta['image']['digest']} · boot to SSH: "
@@ -176,18 +184,82 @@ def _plot_panel(record: dict) -> str | None:
     return kind.plot if kind else None
 
 
-def plot(paths: list[Path], out: Path) -> Path:
-    """Throughput and latency per experiment; several result files are overlaid as groups."""
-    import matplotlib
+#: The summary figure each panel draws against hops.
+_HOP_FIGURE = {"throughput": "mbit_per_s", "latency": "p50_us"}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    runs = [load(p) for p in paths]
-    fig, (ax_tp, ax_lat) = plt.subplots(1, 2, figsize=(11, 4.2))
+@dataclass(frozen=True)
+class HopPoint:
+    """One experiment of a series: its forwarding hops and figures."""
+
+    hops: int
+    experiment: str
+    value: float  # the summary's figure: mbit_per_s (throughput) or p50_us (latency)
+    rounds: tuple[float, ...] = ()  # that figure per round (its repeats' median), by round
+    p99: float | None = None  # latency only
+
+
+@dataclass(frozen=True)
+class HopSeries:
+    """Experiments that differ only by their route, in one plot panel, ordered by hops."""
+
+    panel: Literal["throughput", "latency"]
+    path: str  # as the table shows it, stack options included
+    points: list[HopPoint] = field(default_factory=list)
+
+
+def forwarding_hops(record: dict) -> int | None:
+    """The nodes forwarding between client and server (0: linked directly); None for a
+    result saved before routes were recorded."""
+    route = record.get("route")
+    return len(route["nodes"]) - 2 if route and route.get("nodes") else None
+
+
+def hop_series(data: dict) -> dict[str, HopSeries]:
+    """A result file's figures against forwarding hops, by series, or {} when its plotted
+    records do not span at least two hop counts (a line needs two points).
+
+    A series is the records of one type and one path as the table shows it, stack options
+    included ("kernel stream", "mono (all; socket) rr"): the table's label already leaves
+    out the options a path ignores, so it groups what is comparable. Failed records
+    (summary None), a missing figure and records without a route are left out.
+    """
+    series: dict[str, HopSeries] = {}
+    for rec in data["results"]:
+        panel = _plot_panel(rec)
+        hops = forwarding_hops(rec)
+        summary = rec.get("summary")
+        if panel not in _HOP_FIGURE or hops is None or not summary:
+            continue
+        key = _HOP_FIGURE[panel]
+        if summary.get(key) is None:
+            continue
+        per_round = _per_round(rec, key)
+        point = HopPoint(
+            hops,
+            rec["experiment"],
+            summary[key],
+            tuple(per_round[r] for r in sorted(per_round)),
+            summary.get("p99_us") if panel == "latency" else None,
+        )
+        path = _path_label(rec)
+        series.setdefault(f"{path} {rec['type']}", HopSeries(panel, path)).points.append(point)
+    if len({p.hops for s in series.values() for p in s.points}) < 2:
+        return {}
+    for s in series.values():
+        s.points.sort(key=lambda p: p.hops)  # stable: the file's order within a hop count
+    return series
+
+
+def _file_label(data: dict) -> str:
+    return f"{data['metadata']['created']} ({data['metadata']['accel']})"
+
+
+def _plot_bars(ax_tp, ax_lat, runs: list[dict]) -> None:
+    """Throughput and latency per experiment, one group of bars per result file."""
     width = 0.8 / len(runs)
     for i, data in enumerate(runs):
-        label = f"{data['metadata']['created']} ({data['metadata']['accel']})"
+        label = _file_label(data)
         tp = [
             (r["experiment"], (r["summary"] or {}).get("mbit_per_s"))
             for r in data["results"]
@@ -225,6 +297,110 @@ def plot(paths: list[Path], out: Path) -> Path:
     ax_lat.set_title("Request/response latency")
     ax_tp.legend(fontsize=7)
     ax_lat.legend(fontsize=7)
+
+
+_FILE_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
+
+
+def _plot_hops(ax_tp, ax_lat, runs: list[dict], series: list[dict[str, HopSeries]]) -> None:
+    """Each series as a line through its medians against forwarding hops.
+
+    A path keeps its colour in both panels and across files, and a file its line style and
+    marker, so the same series from two runs reads as one colour, two styles. p99 is a
+    faint line of the same colour and style with a tick at each point (the bar chart's
+    tick), above its p50 line; with several rounds each round's figure is a faint dot at
+    the median's hop count, files nudged apart so their dots do not hide each other.
+    """
+    from matplotlib.lines import Line2D
+
+    colours: dict[str, str] = {}
+    for file_series in series:
+        for s in file_series.values():
+            colours.setdefault(s.path, f"C{len(colours) % 10}")
+    axes = {"throughput": ax_tp, "latency": ax_lat}
+    shown: set[str] = set()
+    spread = 0.06 * (len(runs) - 1)
+    for i, (data, file_series) in enumerate(zip(runs, series, strict=True)):
+        linestyle, marker = _FILE_STYLES[i % len(_FILE_STYLES)]
+        suffix = f" · {_file_label(data)}" if len(runs) > 1 else ""
+        nudge = (i / (len(runs) - 1) - 0.5) * 2 * spread if len(runs) > 1 else 0.0
+        for label, s in file_series.items():
+            ax, colour = axes[s.panel], colours[s.path]
+            xs = [p.hops for p in s.points]
+            ax.plot(
+                xs,
+                [p.value for p in s.points],
+                linestyle=linestyle,
+                marker=marker,
+                color=colour,
+                label=label + suffix,
+            )
+            for p in s.points:
+                if len(p.rounds) > 1:
+                    ax.scatter(
+                        [p.hops + nudge] * len(p.rounds), p.rounds, s=12, color=colour, alpha=0.35
+                    )
+                    shown.add(s.panel + " rounds")
+            p99 = [(p.hops, p.p99) for p in s.points if p.p99 is not None]
+            if p99:
+                ax.plot(
+                    *zip(*p99, strict=True),
+                    linestyle=linestyle,
+                    linewidth=1,
+                    marker="_",
+                    markersize=14,
+                    alpha=0.5,
+                    color=colour,
+                )
+                shown.add("p99")
+    hops = sorted({p.hops for fs in series for s in fs.values() for p in s.points})
+    grey = {"color": "grey", "linestyle": ""}
+    for panel, ax in axes.items():
+        ax.set_xticks(hops)
+        ax.set_xlim(hops[0] - 0.4, hops[-1] + 0.4)
+        ax.set_xlabel("forwarding hops (0: client and server linked directly)")
+        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1) * 1.25)  # room for the legend
+        extra = []
+        if panel == "latency" and "p99" in shown:
+            extra.append(
+                Line2D([], [], marker="_", markersize=14, alpha=0.5, label="p99 (faint)", **grey)
+            )
+        if panel + " rounds" in shown:
+            extra.append(
+                Line2D([], [], marker="o", markersize=4, alpha=0.35, label="each round", **grey)
+            )
+        if ax.has_data():
+            ax.legend(handles=ax.get_legend_handles_labels()[0] + extra, fontsize=7, loc="best")
+        else:  # e.g. a sweep of streams only: say so rather than leave a blank frame
+            ax.text(0.5, 0.5, "no such experiment", ha="center", transform=ax.transAxes)
+    ax_tp.set_ylabel("Mbit/s")
+    ax_tp.set_title("Stream throughput against forwarding hops (median)")
+    ax_lat.set_ylabel("µs")
+    ax_lat.set_title("Request/response latency against forwarding hops (p50)")
+
+
+def plot(paths: list[Path], out: Path) -> Path:
+    """Throughput and latency per experiment; several result files are overlaid as groups.
+
+    When a file's experiments span several forwarding-hop counts (`hop_series`), a second
+    row plots the same figures against hops. It is a row of the same PNG rather than a file
+    of its own so that one run still gives one picture, wherever `plot` is called from, and
+    the bars stay next to the lines that summarise them. Other files plot as one row.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [load(p) for p in paths]
+    series = [hop_series(data) for data in runs]
+    if any(series):
+        fig, axes = plt.subplots(2, 2, figsize=(11, 8.6))
+        _plot_bars(*axes[0], runs)
+        _plot_hops(*axes[1], runs, series)
+    else:
+        fig, (ax_tp, ax_lat) = plt.subplots(1, 2, figsize=(11, 4.2))
+        _plot_bars(ax_tp, ax_lat, runs)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
