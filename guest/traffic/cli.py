@@ -208,7 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             except AppDomainError as exc:
                 if exc.record.get("kind") == "interrupted":
                     return _fail(args, "interrupted", EXIT_INTERRUPTED)
-                return _fail(args, f"in the application domain: {exc}", EXIT_NET_ERROR)
+                return _fail(
+                    args, f"in the application domain: {exc}", EXIT_NET_ERROR, provider
+                )
             result["app_domain"] = domain
         else:
             result = workload()
@@ -219,9 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         emit(result)
         return EXIT_OK
     except TrafficError as exc:
-        return _fail(args, str(exc), EXIT_NET_ERROR)
+        return _fail(args, str(exc), EXIT_NET_ERROR, provider)
     except OSError as exc:  # anything not caught by a phase wrapper is still a network failure
-        return _fail(args, describe_error(exc), EXIT_NET_ERROR)
+        return _fail(args, describe_error(exc), EXIT_NET_ERROR, provider)
     except KeyboardInterrupt:
         return _fail(args, "interrupted", EXIT_INTERRUPTED)
     finally:
@@ -234,9 +236,20 @@ def _close(provider: object) -> dict | None:
     return close() if close is not None else None
 
 
-def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+def _fail(
+    args: argparse.Namespace, message: str, code: int, provider: object | None = None
+) -> int:
+    """Print the error line. A stack this run started is stopped first and its counters go
+    into the line: a failure that happens once in a hundred runs is then explained by the
+    one record it leaves (timeouts, retransmissions, drops), not only by its message."""
     record = base_record(args)
     record["error"] = message
+    try:
+        stack = _close(provider)
+    except Exception as exc:  # the error line must still be printed
+        stack = {"close_error": describe_error(exc)}
+    if stack:
+        record["stack"] = stack
     emit(record)
     return code
 

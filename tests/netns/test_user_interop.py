@@ -198,3 +198,31 @@ def test_request_response_both_ways(link):
     served = _result(server)
     assert client["transactions"] == served["transactions"] == 500
     assert 0 < client["latency_us"]["p50"] <= client["latency_us"]["p99"]
+
+
+@pytest.mark.parametrize("path", ["mono", "factored-uring"], indirect=True)
+@pytest.mark.parametrize("link", ["plain"], indirect=True)
+def test_a_failed_run_reports_its_stack_counters(link):
+    """Nobody listens on Linux's side: the connect is refused, and the error line carries the
+    counters of the stack the run started, showing the reset that refused it. A failure seen
+    once in many runs is then explained by the record it leaves, not only by its message."""
+    proc = _traffic(
+        link.ns_a,
+        "source",
+        *_ours(link),
+        "--peer",
+        LINUX,
+        "--port",
+        "7009",
+        "--bytes",
+        "1000",
+        "--connect-timeout",
+        "5",
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    record = json.loads(out.strip().splitlines()[-1])
+    assert "refused" in record["error"].lower(), record
+    counters = record["stack"]["stack"]
+    assert counters["tcp_connections_opened"] >= 1, counters  # the tool retries until its timeout
+    assert counters["tcp.segments_in"] >= 1, counters  # Linux's RST
