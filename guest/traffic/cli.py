@@ -208,9 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except AppDomainError as exc:
                 if exc.record.get("kind") == "interrupted":
                     return _fail(args, "interrupted", EXIT_INTERRUPTED)
-                return _fail(
-                    args, f"in the application domain: {exc}", EXIT_NET_ERROR, provider
-                )
+                return _fail(args, f"in the application domain: {exc}", EXIT_NET_ERROR, provider)
             result["app_domain"] = domain
         else:
             result = workload()
@@ -236,9 +234,7 @@ def _close(provider: object) -> dict | None:
     return close() if close is not None else None
 
 
-def _fail(
-    args: argparse.Namespace, message: str, code: int, provider: object | None = None
-) -> int:
+def _fail(args: argparse.Namespace, message: str, code: int, provider: object | None = None) -> int:
     """Print the error line. A stack this run started is stopped first and its counters go
     into the line: a failure that happens once in a hundred runs is then explained by the
     one record it leaves (timeouts, retransmissions, drops), not only by its message."""

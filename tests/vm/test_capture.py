@@ -20,7 +20,10 @@ def _stream_through_capture(lab, port: int, out, bounds: Bounds | None = None):
             traffic_command("sink", f"--path kernel --bind {server_ip} --port {port} --no-hash")
         )
         src = lab.guest("a").run(
-            traffic_command("source", f"{STREAM} --peer {server_ip} --port {port}"), timeout=180
+            traffic_command(
+                "source", f"{STREAM} --peer {server_ip} --port {port} --connect-timeout 60"
+            ),
+            timeout=180,
         )
         assert src.exit_status == 0, src.stderr
         assert sink.wait(timeout=60).exit_status == 0

@@ -86,7 +86,9 @@ def test_user_stack_survives_a_bad_link_both_ways(lab, path):
         src = result(
             a.run(
                 traffic_command(
-                    "source", f"{mono} --peer {ip_b} --port 6101 --bytes {nbytes} --seed 7"
+                    "source",
+                    f"{mono} --peer {ip_b} --port 6101 --bytes {nbytes} --seed 7 "
+                    "--connect-timeout 60",
                 ),
                 timeout=300,
             )
