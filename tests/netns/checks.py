@@ -12,7 +12,9 @@ import gc
 import hashlib
 import json
 import os
+import random
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -301,6 +303,42 @@ def take_over_roundtrip(iface: str) -> dict[str, Any]:
     return found
 
 
+def _pattern(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def _read_to_eof(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def half_close_server(bind: str, port: int, reply: int, timeout: float = 20.0) -> dict[str, Any]:
+    """Accept one connection, read it to EOF, and only then send `reply` bytes and close: the
+    reply can only arrive if the client's half-close left the other direction open."""
+    with socket.create_server((bind, port)) as listener:
+        _ready()
+        listener.settimeout(timeout)
+        conn, _ = listener.accept()
+    with conn:
+        conn.settimeout(timeout)
+        got = _read_to_eof(conn)
+        data = _pattern(2, reply)
+        conn.sendall(data)
+    return {"received": len(got), "received_sha256": _digest(got), "sent_sha256": _digest(data)}
+
+
+def half_close_client(peer: str, port: int, send: int, timeout: float = 20.0) -> dict[str, Any]:
+    """Send `send` bytes, shut the write side, then read the reply to EOF."""
+    data = _pattern(1, send)
+    with socket.create_connection((peer, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        got = _read_to_eof(sock)
+    return {"sent_sha256": _digest(data), "received": len(got), "received_sha256": _digest(got)}
+
+
 CHECKS: dict[str, Callable[..., dict[str, Any]]] = {
     "ring_views": ring_views,
     "ring_overflow": ring_overflow,
@@ -309,6 +347,8 @@ CHECKS: dict[str, Callable[..., dict[str, Any]]] = {
     "tso_send": tso_send,
     "ip_recv": ip_recv,
     "take_over_roundtrip": take_over_roundtrip,
+    "half_close_server": half_close_server,
+    "half_close_client": half_close_client,
 }
 
 
