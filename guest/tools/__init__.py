@@ -7,7 +7,9 @@ Each is run by name, `python3 -m guest.tools.NAME`, in a namespace, on a host or
   corruption, reordering, delay) for kernels without netem; its model is the simulators' own,
   `guest.testing.impairment`;
 * `probe`: sends or counts test frames on one interface with a chosen device kind, the worker
-  the device tests and `guest.bench.device` start inside network namespaces.
+  the device tests and `guest.bench.device` start inside network namespaces;
+* `proxy`: a TCP relay over kernel sockets for a middle node, copying through user space or
+  moving pages with splice(), counting the system calls and copies either way.
 
 A tool may import any layer of `guest.stack` and the shared stand-ins in `guest.testing`; no
 layer imports a tool.
