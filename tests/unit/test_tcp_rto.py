@@ -183,3 +183,49 @@ def test_syn_loss_sets_rto_to_three_seconds_without_sample() -> None:
     c.poll(1.0)  # SYN retransmitted
     c.receive_segment(seg(SERVER_ISN, CLIENT_ISN + 1, "SA"), 1.5)
     assert c.stats.rto == pytest.approx(3.0)
+
+
+def test_syn_ack_echoing_the_first_syn_is_not_sampled() -> None:
+    """After a lost SYN-ACK, the peer answers the resent SYN with a SYN-ACK that echoes the
+    first SYN's TSval (Linux does). That "RTT" spans the whole SYN timeout: taken as a
+    sample, it holds the RTO at seconds long after the handshake, and a few lost
+    retransmissions then stall the connection for tens of seconds."""
+    from tests.unit.tcp_helpers import client
+
+    cfg = TcpConfig(sack=False, window_scaling=False, delayed_ack=False)
+    c = client(cfg)
+    c.connect()
+    (syn,) = c.poll(10.0)
+    t = c.next_timeout()  # SYN retransmitted 1 s later
+    (again,) = c.poll(t)
+    assert again.timestamp[0] > syn.timestamp[0]
+    c.receive_segment(
+        seg(SERVER_ISN, CLIENT_ISN + 1, "SA", mss=1000, timestamp=(7, syn.timestamp[0])),
+        t + 0.001,
+    )
+    assert c.stats.rtt_samples == 0 and c.stats.srtt is None
+    assert c.stats.rto == pytest.approx(3.0)  # RFC 6298 section 5.7
+    c.poll(t + 0.001)
+    # The first clean sample sets the RTO from the real 1 ms path.
+    c.send(b"a" * 100)
+    (data,) = c.poll(t + 0.002)
+    c.receive_segment(
+        seg(SERVER_ISN + 1, CLIENT_ISN + 101, timestamp=(8, data.timestamp[0])), t + 0.003
+    )
+    assert c.stats.rtt_samples == 1
+    assert c.stats.rto == pytest.approx(cfg.min_rto)
+
+
+def test_lossy_handshake_does_not_inflate_the_rto_of_a_transfer() -> None:
+    """A seeded run over a 1 ms link with loss both ways whose SYN-ACK is lost: no stretch
+    without forward progress may reach seconds (it reached 15.8 s with the bogus sample)."""
+    from guest.bench.stall_hunt import run_one
+    from guest.testing.impairment import LinkConfig
+
+    link = LinkConfig(
+        delay=0.001, loss=0.06, duplicate=0.02, corrupt=0.01, reorder=0.25, reorder_delay=0.001
+    )
+    cfg = TcpConfig(sack=False)
+    r = run_one(49, 500_000, False, link, cfg, cfg, None, 600.0)
+    assert r.ok
+    assert r.worst < 2.0

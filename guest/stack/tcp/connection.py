@@ -1358,6 +1358,12 @@ class TcpConnection:
             if not cfg.timestamps:
                 self._rtt_seq = self.iss + 1
                 self._rtt_time = now
+        else:
+            # A resent SYN opens a retransmission episode like resent data: the answer may
+            # echo the TSval of the first copy (Linux's SYN-ACK does after a lost SYN-ACK),
+            # and a sample taken from it would include the whole SYN timeout.
+            self._rtx_episode_ts = self._ts_now(now)
+            self._rtx_episode_end = self.iss + 1
         if self._rtx_deadline is None:
             self._rtx_deadline = now + self._rto.rto
         self._last_send_time = now
