@@ -229,3 +229,23 @@ def test_lossy_handshake_does_not_inflate_the_rto_of_a_transfer() -> None:
     r = run_one(49, 500_000, False, link, cfg, cfg, None, 600.0)
     assert r.ok
     assert r.worst < 2.0
+
+
+def test_syn_ack_resent_on_the_peers_timer_is_not_sampled() -> None:
+    """Our SYN was resent, the SYN-ACK answering it was lost, and the peer resent that
+    SYN-ACK on its own timer a second later: it echoes our latest SYN, so its "RTT" spans
+    the peer's timeout, not the path. No SYN-ACK after a resent SYN is timed."""
+    from tests.unit.tcp_helpers import client
+
+    cfg = TcpConfig(sack=False, window_scaling=False, delayed_ack=False)
+    c = client(cfg)
+    c.connect()
+    c.poll(10.0)
+    t = c.next_timeout()
+    (again,) = c.poll(t)  # SYN resent; its SYN-ACK is lost, the peer resends 1 s later
+    c.receive_segment(
+        seg(SERVER_ISN, CLIENT_ISN + 1, "SA", mss=1000, timestamp=(9, again.timestamp[0])),
+        t + 1.001,
+    )
+    assert c.stats.rtt_samples == 0 and c.stats.srtt is None
+    assert c.stats.rto == pytest.approx(3.0)

@@ -436,7 +436,12 @@ class TcpConnection:
         if self.snd_nxt < ack:
             self.snd_nxt = ack
         self.snd_wl2 = ack
-        self._sample_rtt(seg, ack, now)
+        if not self._syn_retransmitted:
+            # After a resent SYN, a SYN-ACK cannot be timed: the peer may have resent it on
+            # its own timer, echoing our latest SYN a whole SYN-ACK timeout late. The first
+            # ACK of data gives a clean sample one round trip later (RFC 6298 section 5.7
+            # holds the RTO at 3 s until then).
+            self._sample_rtt(seg, ack, now)
         self._rtx_deadline = None
         self._retries = 0
         self._rto.reset_backoff()
