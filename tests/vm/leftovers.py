@@ -19,12 +19,12 @@ def domains_of(lab: str) -> list[str]:
 
 
 def qemu_processes_of(lab: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if "qemu-system" in line and f"sb-{lab}-" in line]
 
 
 def guardian_processes_of(run_dir: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if "host.guardian" in line and run_dir in line]
 
 
