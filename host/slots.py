@@ -72,6 +72,16 @@ class Slot:
                 self.fd = -1
 
 
+def _still_linked(fd: int, path: Path) -> bool:
+    """Whether `fd` is still the file at `path` (the lock file was not unlinked or replaced)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
 def allocate_slot(lab: str, nodes: int) -> Slot:
     """Take the first free slot, starting from the lab name's hash, whose SSH ports are free."""
     d = slots_dir()
@@ -84,6 +94,12 @@ def allocate_slot(lab: str, nodes: int) -> Slot:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
+            continue
+        if not _still_linked(fd, path):
+            # Its holder released it (unlink, then close) between our open and our flock: we
+            # hold a file nobody else will open, and a new lab may create and lock a fresh
+            # one under the same name. Treat the slot as taken.
             os.close(fd)
             continue
         if all(tcp_port_free(ssh_port(number, n)) for n in range(nodes)):
