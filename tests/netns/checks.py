@@ -339,6 +339,96 @@ def half_close_client(peer: str, port: int, send: int, timeout: float = 20.0) ->
     return {"sent_sha256": _digest(data), "received": len(got), "received_sha256": _digest(got)}
 
 
+def _icmp_checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def icmp_echo(dst: str, count: int = 3, ttl: int = 64, timeout: float = 2.0) -> dict[str, Any]:
+    """`ping` without ping: `count` echo requests with `ttl`; for each, the answer's source,
+    ICMP type and code and the TTL it arrived with (None when nothing came in `timeout`)."""
+    ident = os.getpid() & 0xFFFF
+    answers: list[dict[str, Any] | None] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+        for seq in range(count):
+            body = ident.to_bytes(2, "big") + seq.to_bytes(2, "big") + b"stackbed" * 4
+            msg = bytes([8, 0]) + b"\0\0" + body
+            msg = msg[:2] + _icmp_checksum(msg).to_bytes(2, "big") + msg[4:]
+            sent = time.monotonic()
+            sock.sendto(msg, (dst, 0))
+            answer = None
+            while answer is None and (left := sent + timeout - time.monotonic()) > 0:
+                ready, _, _ = select.select([sock], [], [], left)
+                if not ready:
+                    break
+                pkt, (src, _) = sock.recvfrom(65535)
+                ihl = (pkt[0] & 0x0F) * 4
+                kind, code = pkt[ihl], pkt[ihl + 1]
+                # an echo reply carries our id and seq; an error quotes our request after its
+                # own 8 bytes and the quoted IPv4 header
+                if kind == 0:
+                    mine = pkt[ihl + 4 : ihl + 8] == body[:4]
+                else:
+                    quoted = ihl + 8 + (pkt[ihl + 8] & 0x0F) * 4
+                    mine = pkt[quoted + 4 : quoted + 8] == body[:4]
+                if mine:
+                    rtt = round((time.monotonic() - sent) * 1000, 3)
+                    answer = {"src": src, "type": kind, "code": code, "ttl": pkt[8], "rtt_ms": rtt}
+            answers.append(answer)
+    return {"answers": answers}
+
+
+def hostile_frames(iface: str, dst_mac: str, src: str, dst: str, rounds: int = 3) -> dict[str, Any]:
+    """A bounded burst of malformed frames to `dst_mac` (the middle node): runt, bad version,
+    bad header checksum, Total Length past the frame, IP options, TTL 0 and 1, a bad
+    fragment, a martian source, an oversized frame, ARP garbage; `rounds` of each."""
+    mac_dst = bytes.fromhex(dst_mac.replace(":", ""))
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+        sock.bind((iface, 0))
+        mac_src = sock.getsockname()[4]
+        eth = mac_dst + mac_src + b"\x08\x00"
+
+        def ip(ttl=64, total=40, vihl=0x45, flags=0, src_ip=src, opts=b"", fix=True) -> bytes:
+            hdr = bytearray(
+                bytes([vihl, 0]) + total.to_bytes(2, "big") + b"\x12\x34"
+                + flags.to_bytes(2, "big") + bytes([ttl, 17]) + b"\0\0"
+                + socket.inet_aton(src_ip) + socket.inet_aton(dst) + opts
+            )  # fmt: skip
+            if fix:
+                hdr[10:12] = _icmp_checksum(bytes(hdr)).to_bytes(2, "big")
+            return bytes(hdr) + b"\0" * max(0, total - len(hdr))
+
+        frames = {
+            "runt": eth,  # an IPv4 frame with no IPv4 header (shorter, the kernel refuses it)
+            "bad_version": eth + ip(vihl=0x65),
+            "bad_checksum": eth + ip(fix=False)[:10] + b"\xde\xad" + ip()[12:],
+            "truncated": eth + ip(total=40)[:30],
+            "options": eth + ip(vihl=0x46, total=44, opts=b"\x01\x01\x01\x00"),
+            "ttl_0": eth + ip(ttl=0),
+            "ttl_1": eth + ip(ttl=1),
+            "bad_fragment": eth + ip(flags=0x2000, total=27),  # MF, 7 data bytes
+            "martian_source": eth + ip(src_ip="127.0.0.1"),
+            "oversized": eth + ip(total=1500) + b"\0" * 100,
+            "bad_arp": mac_dst + mac_src + b"\x08\x06" + b"\xff" * 28,
+        }
+        sent: dict[str, int] = {}
+        for name, frame in frames.items():
+            for _ in range(rounds):
+                try:
+                    sock.send(frame)
+                    sent[name] = sent.get(name, 0) + 1
+                except OSError as e:  # the kernel refuses some (e.g. too long for the MTU)
+                    sent[name] = sent.get(name, 0)
+                    sent[f"{name}_refused"] = str(e)  # type: ignore[assignment]
+                time.sleep(0.002)
+    return {"sent": sent}
+
+
 CHECKS: dict[str, Callable[..., dict[str, Any]]] = {
     "ring_views": ring_views,
     "ring_overflow": ring_overflow,
@@ -349,6 +439,8 @@ CHECKS: dict[str, Callable[..., dict[str, Any]]] = {
     "take_over_roundtrip": take_over_roundtrip,
     "half_close_server": half_close_server,
     "half_close_client": half_close_client,
+    "icmp_echo": icmp_echo,
+    "hostile_frames": hostile_frames,
 }
 
 
