@@ -22,7 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from guest.stack.session import SessionServer, StackClient, StackSocket, dispatch, pump_tx, run
+from guest.stack.session import (
+    SessionServer,
+    StackClient,
+    StackSocket,
+    dispatch,
+    pump_tx,
+    run,
+    wait_any,
+)
 from guest.stack.session.protocol import MAGIC, VERSION, Message, Op
 from guest.stack.session.ring import INDEX_LINE
 from guest.testing.fake_backend import BLACKHOLE, CHARGEN, CHARGEN_BLOCK, DISCARD, ECHO, FakeBackend
@@ -524,3 +532,50 @@ def test_killed_client_leaves_the_server_serving(stack: Stack) -> None:
         data = random.Random(10).randbytes(500_000)
         assert echo_roundtrip(sock, data) == data
     until(lambda: stack.server.session_count() == 0 and stack.server.socket_count() == 0)
+
+
+def test_event_loop_api_one_thread_many_sockets(stack: Stack) -> None:
+    """connect_start/accept_start/wait_any: one thread drives a listener, a connect and two
+    sockets without ever blocking in one of them; readable/writable say when a call would not
+    block, and a cancelled connect is still collected (ETIMEDOUT)."""
+    with StackClient(stack.path) as server_app, StackClient(stack.path) as client_app:
+        listener = server_app.listen(5003)
+        accepting = listener.accept_start()
+        assert not accepting.done()
+        assert not wait_any(pending=[accepting], timeout=0.05)  # nobody connects yet
+        connecting = client_app.connect_start(("198.18.0.1", 5003))
+        assert wait_any(pending=[accepting, connecting], timeout=5)
+        until(lambda: accepting.done() and connecting.done())
+        out = connecting.result()
+        conn, peer = accepting.result()
+        assert peer == out.local
+        assert not conn.readable() and out.writable()
+        assert not wait_any(readers=[conn], timeout=0.05)
+        out.sendall(b"ping")
+        assert wait_any(readers=[conn, out], timeout=5)
+        assert conn.readable() and not out.readable()
+        assert conn.recv(10) == b"ping"
+        out.shutdown_write()
+        assert wait_any(readers=[conn], timeout=5) and conn.recv(10) == b""  # EOF is readable
+        hole = client_app.connect_start((REMOTE, BLACKHOLE))
+        assert not wait_any(pending=[hole], timeout=0.05)
+        hole.cancel()
+        assert wait_any(pending=[hole], timeout=5)
+        with pytest.raises(TimeoutError):
+            hole.result()
+        for sock in (out, conn):
+            sock.close()
+        listener.close()
+    until(lambda: stack.server.socket_count() == 0)
+
+
+def test_wait_any_sees_the_server_die(stack: Stack) -> None:
+    client = StackClient(stack.path)
+    sock = client.connect((REMOTE, ECHO))
+    threading.Timer(0.1, stack.shut_down).start()
+    start = time.monotonic()
+    assert wait_any(readers=[sock], timeout=10)
+    assert time.monotonic() - start < 5
+    with pytest.raises(ConnectionResetError):
+        sock.recv(10)
+    client.close()

@@ -14,7 +14,14 @@ benchmarks is `guest.testing.fake_backend`; the benchmark is `guest.bench.sessio
 
 from .backend import StackBackend, dispatch, pump_tx, run
 from .channel import DEFAULT_GEOMETRY, ChannelLayout
-from .client import StackClient, StackDatagramSocket, StackListener, StackSocket
+from .client import (
+    Pending,
+    StackClient,
+    StackDatagramSocket,
+    StackListener,
+    StackSocket,
+    wait_any,
+)
 from .requests import (
     BindReq,
     CloseReq,
@@ -38,6 +45,7 @@ __all__ = [
     "ConnectReq",
     "Event",
     "ListenReq",
+    "Pending",
     "Request",
     "RingConsumer",
     "RingGeometry",
@@ -55,4 +63,5 @@ __all__ = [
     "dispatch",
     "pump_tx",
     "run",
+    "wait_any",
 ]

@@ -26,12 +26,12 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from .channel import CHANNEL_FDS, ChannelLayout, ClientChannel
-from .doorbell import BellStats, PeerGone, Waiter
+from .doorbell import SLICE, BellStats, PeerGone, Waiter
 from .protocol import (
     MAGIC,
     MAX_DATAGRAM,
@@ -48,12 +48,14 @@ from .protocol import (
     unpack_geometry,
 )
 from .ring import BytesLike
+from .shm import fence
 from .stream import byte_view
 
 #: How long a cancelled request may take to be answered before the server is declared hung.
 CANCEL_GRACE: Final = 5.0
 
 Address = tuple[str, int]
+T = TypeVar("T")
 
 
 def _error(code: int, what: str = "") -> OSError:
@@ -97,16 +99,49 @@ class _Control:
             self._dead = True
             raise _error(errno.ECONNRESET, "stack server went away") from exc
 
+    def submit(self, msg: Message) -> int:
+        """Send a request without waiting; its id, for `collect`."""
+        msg = replace(msg, req_id=next(self._ids))
+        self.send(msg)
+        return msg.req_id
+
+    def collect(self, req_id: int) -> tuple[Message, list[int]] | None:
+        """The reply to `req_id` if it has come, reading whatever replies wait on the socket
+        first; never blocks (None: not yet). ConnectionResetError once the server is gone."""
+        with self._cond:
+            if req_id in self._replies:
+                return self._replies.pop(req_id)
+            reader = not self._reading and not self._dead
+            if reader:
+                self._reading = True
+        if reader:
+            try:
+                while not self._dead and self._poll.poll(0):
+                    self._read_one(0.0)
+            finally:
+                with self._cond:
+                    self._reading = False
+                    self._cond.notify_all()
+        with self._cond:
+            if req_id in self._replies:
+                return self._replies.pop(req_id)
+            if self._dead:
+                raise _error(errno.ECONNRESET, "stack server went away")
+        return None
+
+    def hung_up(self) -> None:
+        """The socket reported a hang-up: the server is gone (replies already read stay)."""
+        self._dead = True
+
     def call(self, msg: Message, timeout: float | None) -> tuple[Message, list[int]]:
         """Send a request and wait for its reply (fds included). On timeout the request is
         cancelled, and its reply (usually ETIMEDOUT, or the result if it won the race) is
         still awaited, so no reply is ever left unclaimed."""
-        msg = replace(msg, req_id=next(self._ids))
-        self.send(msg)
-        got = self._await(msg.req_id, timeout)
+        req_id = self.submit(msg)
+        got = self._await(req_id, timeout)
         if got is None:
-            self.send(Message(Op.CANCEL, flags=NOREPLY, arg=msg.req_id))
-            got = self._await(msg.req_id, CANCEL_GRACE)
+            self.send(Message(Op.CANCEL, flags=NOREPLY, arg=req_id))
+            got = self._await(req_id, CANCEL_GRACE)
             if got is None:
                 raise _error(errno.ETIMEDOUT, "stack server does not answer")
         return got
@@ -240,12 +275,26 @@ class StackClient:
     def connect(self, address: Address, timeout: float | None = None) -> StackSocket:
         """Open a TCP connection; the socket inherits `timeout` (like socket.create_connection).
         Raises ConnectionRefusedError, TimeoutError, ..."""
+        reply, fds = self._call(self._connect_message(address), timeout)
+        return self._connected(address, timeout, reply, fds)
+
+    def connect_start(self, address: Address) -> Pending[StackSocket]:
+        """Start a connect without waiting for it (for an event loop over many sockets): the
+        result is a socket without timeout, or the error connect() raises."""
+        req_id = self._control.submit(self._connect_message(address))
+        return Pending(self, req_id, lambda reply, fds: self._connected(address, None, reply, fds))
+
+    @staticmethod
+    def _connect_message(address: Address) -> Message:
         host, port = address
-        msg = Message(Op.CONNECT, ip=ip_to_int(host), port=port)
-        reply, fds = self._call(msg, timeout)
+        return Message(Op.CONNECT, ip=ip_to_int(host), port=port)
+
+    def _connected(
+        self, address: Address, timeout: float | None, reply: Message, fds: list[int]
+    ) -> StackSocket:
         channel = self._channel(reply, fds)
         local = (int_to_ip(reply.ip), reply.port)
-        return StackSocket(self, reply.sock_id, channel, local, (host, port), timeout)
+        return StackSocket(self, reply.sock_id, channel, local, address, timeout)
 
     def listen(self, port: int, backlog: int = 16) -> StackListener:
         reply, _ = self._call(Message(Op.LISTEN, port=port, arg=backlog), self.timeout)
@@ -395,6 +444,27 @@ class StackSocket:
                 channel.rx_waiter, lambda: rx.readable() or _dead(channel) or channel.eof, deadline
             )
 
+    def readable(self) -> bool:
+        """recv_into() would not block: data, end of stream, an error, or the server gone."""
+        channel = self._open()
+        return (
+            channel.rx.readable()
+            or channel.eof
+            or _dead(channel)
+            or channel.rx_ring.corrupt
+            or self._client._control.dead
+        )
+
+    def writable(self) -> bool:
+        """send() would not block: room in the transmit ring, or an error to raise."""
+        channel = self._open()
+        return (
+            channel.tx_ring.free() > 0
+            or self._send_error(channel) is not None
+            or channel.tx_ring.corrupt
+            or self._client._control.dead
+        )
+
     def recv(self, bufsize: int) -> bytes:
         buf = bytearray(bufsize)
         n = self.recv_into(buf)
@@ -423,6 +493,120 @@ def _dead(channel: ClientChannel) -> bool:
     return bool(channel.error or channel.closed)
 
 
+class Pending(Generic[T]):
+    """A control request sent without waiting for its reply (`connect_start`, `accept_start`):
+    `done()` polls for the reply without blocking, `result()` then gives what the blocking call
+    would have returned (or raises its error). `cancel()` asks the server to give up; the reply
+    still comes (usually ETIMEDOUT), so a cancelled request is still collected, and whatever it
+    yields closed."""
+
+    def __init__(
+        self, client: StackClient, req_id: int, finish: Callable[[Message, list[int]], T]
+    ) -> None:
+        self._client = client
+        self._req_id = req_id
+        self._finish = finish
+        self._reply: tuple[Message, list[int]] | None = None
+        self._error: OSError | None = None
+        self.cancelled = False
+
+    def fileno(self) -> int:
+        """The control socket the reply comes on (readable when a reply may have come)."""
+        return self._client._control.sock.fileno()
+
+    def done(self) -> bool:
+        if self._reply is None and self._error is None:
+            try:
+                self._reply = self._client._control.collect(self._req_id)
+            except OSError as exc:
+                self._error = exc
+        return self._reply is not None or self._error is not None
+
+    def result(self) -> T:
+        """What the request gave: call once, after done() said True."""
+        if self._error is not None:
+            raise self._error
+        if self._reply is None:
+            raise _error(errno.EINPROGRESS)
+        (reply, fds), self._reply = self._reply, None
+        self._error = _error(errno.EBADF, "result already taken")
+        if reply.status:
+            _close_all(fds)
+            raise _error(reply.status)
+        return self._finish(reply, fds)
+
+    def cancel(self) -> None:
+        if not self.cancelled and not self.done():
+            self.cancelled = True
+            self._client._control.send(Message(Op.CANCEL, flags=NOREPLY, arg=self._req_id))
+
+
+def wait_any(
+    readers: Iterable[StackSocket] = (),
+    writers: Iterable[StackSocket] = (),
+    pending: Iterable[Pending] = (),
+    timeout: float | None = None,
+) -> bool:
+    """Block until one of `readers` is readable, one of `writers` writable, or one of the
+    `pending` requests answered (True), or `timeout` passes (False): the many-socket form of
+    the blocking calls' wait, for an event loop in one thread.
+
+    The doorbell rules of `Waiter` apply to each socket: its sleep flag is armed (a fresh
+    epoch), then every condition re-checked, and only then does poll() sleep on all their
+    eventfds at once, with the control sockets (replies, and the server's hang-up). Bells
+    that rang are drained after the flags are cleared.
+    """
+    waits: list[tuple[Waiter, Callable[[], bool]]] = []
+    controls: dict[int, _Control] = {}
+    for sock in readers:
+        waits.append((sock._open().rx_waiter, sock.readable))
+        controls[sock._client._control.sock.fileno()] = sock._client._control
+    for sock in writers:
+        waits.append((sock._open().tx_waiter, sock.writable))
+        controls[sock._client._control.sock.fileno()] = sock._client._control
+    requests = list(pending)
+    for req in requests:
+        controls[req.fileno()] = req._client._control
+
+    def ready() -> bool:
+        return any(cond() for _, cond in waits) or any(req.done() for req in requests)
+
+    if ready():
+        return True
+    deadline = _deadline(timeout)
+    poller = select.poll()
+    bells: dict[int, Waiter] = {}
+    for waiter, _ in waits:
+        bells[waiter.bell.fd] = waiter
+        poller.register(waiter.bell.fd, select.POLLIN)
+    for fd in controls:
+        poller.register(fd, select.POLLIN if requests else select.POLLRDHUP)
+    while True:
+        for waiter in bells.values():
+            waiter.flag.arm()
+        fence()  # our flags (stores) before re-reading the conditions (loads)
+        if ready():
+            for waiter in bells.values():
+                waiter.flag.disarm()
+            return True
+        remaining = _remaining(deadline)
+        if remaining == 0.0:
+            for waiter in bells.values():
+                waiter.flag.disarm()
+            return False
+        events = poller.poll(min(SLICE, SLICE if remaining is None else remaining) * 1000.0)
+        for waiter in bells.values():
+            waiter.flag.disarm()
+        fence()  # a notifier that saw our old epoch skipped its ring: we must see its data
+        for fd, ev in events:
+            if fd in bells:
+                bells[fd].bell.drain()
+            elif ev & (select.POLLHUP | select.POLLRDHUP | select.POLLERR):
+                controls[fd].hung_up()
+        if ready():
+            return True
+
+
 class StackListener:
     """A listening TCP socket of the user-level stack."""
 
@@ -444,6 +628,16 @@ class StackListener:
         if self._closed:
             raise _error(errno.EBADF)
         reply, fds = self._client._call(Message(Op.ACCEPT, sock_id=self.sock_id), timeout)
+        return self._accepted(reply, fds)
+
+    def accept_start(self) -> Pending[tuple[StackSocket, Address]]:
+        """Ask for the next connection without waiting for it (for an event loop)."""
+        if self._closed:
+            raise _error(errno.EBADF)
+        req_id = self._client._control.submit(Message(Op.ACCEPT, sock_id=self.sock_id))
+        return Pending(self._client, req_id, self._accepted)
+
+    def _accepted(self, reply: Message, fds: list[int]) -> tuple[StackSocket, Address]:
         channel = self._client._channel(reply, fds)
         peer = (int_to_ip(reply.ip), reply.port)
         sock = StackSocket(self._client, reply.sock_id, channel, ("0.0.0.0", self.port), peer, None)
