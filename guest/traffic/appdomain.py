@@ -43,12 +43,19 @@ class AppDomainError(Exception):
         self.record = record
 
 
-def run_confined(workload: Callable[[], dict], uid: int = APP_UID) -> tuple[dict, dict]:
+def run_confined(
+    workload: Callable[[], dict],
+    uid: int = APP_UID,
+    on_fork: Callable[[int], None] | None = None,
+) -> tuple[dict, dict]:
     """`workload()` in a confined child; (its result, what confinement did).
 
     If this process cannot confine a child (not root, no seccomp), the workload runs here,
     unconfined, and the second item says why: results are never silently unconfined.
     Raises AppDomainError with the child's error record if the workload raised there.
+    `on_fork(pid)` runs in this process once the child exists, before waiting for it: to let
+    go of what the domain alone should hold (its sessions with a stack, so that they end when
+    it dies), or to note whom to signal.
     """
     why = sandbox.supported()
     if why is not None:
@@ -63,6 +70,8 @@ def run_confined(workload: Callable[[], dict], uid: int = APP_UID) -> tuple[dict
         _child(workload, uid, w)
     os.close(w)
     try:
+        if on_fork is not None:
+            on_fork(pid)
         data = _read_all(r)
     finally:
         os.close(r)

@@ -27,6 +27,28 @@ def test_the_workload_runs_confined_and_its_result_comes_back() -> None:
     assert domain["cap_eff"] == 0
 
 
+def test_on_fork_lets_the_parent_drop_what_the_domain_alone_holds() -> None:
+    """A pipe whose write end only the domain keeps: the parent closes its copy in on_fork,
+    so the domain's exit is the pipe's EOF (as a session ends with the domain holding it)."""
+    r, w = os.pipe()
+    pids: list[int] = []
+
+    def drop(pid: int) -> None:
+        pids.append(pid)
+        os.close(w)
+
+    def workload() -> dict:
+        os.write(w, b"x")
+        return {"pid": os.getpid()}
+
+    try:
+        result, _ = run_confined(workload, on_fork=drop)
+        assert pids == [result["pid"]]
+        assert os.read(r, 10) == b"x" and os.read(r, 10) == b""  # nobody holds w any more
+    finally:
+        os.close(r)
+
+
 @pytest.mark.parametrize(
     "attempt",
     [
