@@ -41,8 +41,15 @@ class Target:
     server: Guest
     server_ip: str
     port: int
+    #: Where the client connects, if not to the server's address (a proxy on a middle node).
+    peer_ip: str | None = None
     client_path: str = "--path kernel"  # the traffic tool's path options on each side
     server_path: str = "--path kernel"
+
+    @property
+    def connect_ip(self) -> str:
+        """The address the client connects to: the server's, or the proxy's before it."""
+        return self.peer_ip or self.server_ip
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,9 @@ class ExperimentType:
     path_label: str | None = None
     #: It runs the kernel's own tool (iperf3, ping), so a lab file may not ask for another path.
     kernel_only: bool = False
+    #: What it sends between client and server: a forwarding mode that relays only some
+    #: transports (host.forwarding) refuses the others.
+    transport: Literal["tcp", "icmp"] = "tcp"
     #: The plot's panel: throughput (mbit_per_s) or latency (p50_us, p99_us), or none.
     plot: Literal["throughput", "latency"] | None = None
     #: A note for the table's caption.

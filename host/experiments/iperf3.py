@@ -20,7 +20,7 @@ def run(t: Target) -> dict:
     wait_listening(t.server, t.port)
     cpu0 = host_cpu_times()
     cli = t.client.run(
-        f"iperf3 -c {t.server_ip} -p {t.port} -t {seconds} -J", timeout=e.duration_s + 60
+        f"iperf3 -c {t.connect_ip} -p {t.port} -t {seconds} -J", timeout=e.duration_s + 60
     )
     host_cpu = host_cpu_since(cpu0)
     if cli.exit_status != 0:

@@ -56,7 +56,7 @@ def traffic_pair(
     try:
         cli = t.client.run(
             traffic_command(
-                client_role, f"{t.client_path} --peer {t.server_ip} --port {t.port} {client_args}"
+                client_role, f"{t.client_path} --peer {t.connect_ip} --port {t.port} {client_args}"
             ),
             timeout=timeout,
         )

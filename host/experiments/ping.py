@@ -30,6 +30,7 @@ TYPE = ExperimentType(
     name="ping",
     run=run,
     kernel_only=True,
+    transport="icmp",
     # No percentiles from ping: its average and maximum round trip stand in for them.
     columns={P50_US: "rtt_avg_us", P99_US: "rtt_max_us"},
     note="p50/p99 for ping are avg/max RTT",
