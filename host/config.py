@@ -56,6 +56,7 @@ from host.fields import (
     LinkName,
     NodeName,
 )
+from host.forwarding import DEFAULT_MODE, FORWARD_MODES
 from host.impairments import LinkImpair
 from host.impairments import problems as netem_problems
 from host.routing import Path as RoutePath
@@ -107,6 +108,9 @@ MAX_NODES = 120
 
 #: The experiment types, in the registry's order (host/experiments/, one module each).
 ExperimentTypeName = Literal[tuple(EXPERIMENT_TYPES)]
+
+#: What the middle nodes of an experiment's route do with its traffic (host/forwarding.py).
+ForwardModeName = Literal[tuple(FORWARD_MODES)]
 
 #: The type-specific options (each type's config fragment), with the types that take each.
 #: Giving e.g. msg_size to an rr experiment is almost certainly a copy-paste slip, so an
@@ -314,6 +318,19 @@ class _ExperimentCommon(_Strict):
     server: NodeName
     link: LinkName | None = None
     duration_s: DurationS = 10.0
+    #: What each middle node of the route does with the traffic (kernel forwarding, or a
+    #: proxy); only an experiment whose route crosses a middle node may ask for another mode.
+    forward: ForwardModeName = DEFAULT_MODE
+
+    @field_validator("forward")
+    @classmethod
+    def _mode_carries_type(cls, value: str, info: ValidationInfo) -> str:
+        """A mode that cannot pass the type's traffic on (a TCP proxy and ping) is refused."""
+        kind = EXPERIMENT_TYPES.get(str(info.data.get("type")))
+        why = FORWARD_MODES[value].refuses(kind) if kind is not None else None
+        if why:
+            raise ValueError(why)
+        return value
 
     @field_validator("path")
     @classmethod
@@ -606,7 +623,30 @@ def _experiment_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
                 f"not client {exp.client!r} and server {exp.server!r}{why}",
             )
         yield from _override_problems(lab, index, exp, routes)
+        yield from _forward_problems(lab, index, exp, routes)
     yield from _baseline_problems(lab)
+
+
+def _forward_problems(
+    lab: LabConfig, index: int, exp: ExperimentConfig, routes: Routing
+) -> Iterator[tuple[Loc, str]]:
+    """A forwarding mode other than the kernel's needs a middle node on the route."""
+    mode = FORWARD_MODES[exp.forward]
+    if not mode.needs_middle:
+        return
+    links = {link.name: link for link in lab.links}
+    if exp.link is not None and (
+        exp.link not in links or not links[exp.link].joins(exp.client, exp.server)
+    ):
+        return  # the link's own problem is reported
+    path = routes.path(exp.client, exp.server, exp.link)
+    if path is not None and not path.transit:
+        yield (
+            ("experiments", index, "forward"),
+            f"forward {exp.forward} needs a middle node, but {exp.client} and {exp.server} "
+            f"share link {path.links[0]!r}: no node between them forwards "
+            f"(leave forward: out, or pick nodes with no link of their own)",
+        )
 
 
 def _no_route(lab: LabConfig, routes: Routing, client: str, server: str) -> str:
