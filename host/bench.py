@@ -14,11 +14,13 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from host.capture import Bounds, Capture, CaptureError, CaptureResult
 from host.config import ExperimentConfig, LabConfig
 from host.experiments import EXPERIMENT_TYPES, BenchError, Target
+from host.forwarding import FORWARD_MODES, ForwardedRun, Middle, Side, Transit, forwarded
 from host.lab import LabState, set_impairments
 from host.paths import PROJECT_ROOT, results_dir
 from host.report import comparisons
@@ -60,11 +62,14 @@ def _target(
 ) -> Target:
     """Who talks to whom for `exp`, along its path: the server at its address on the last
     hop, each user-level end on its NIC of the hop next to it, through the neighbour there
-    when the path has more than one hop."""
+    when the path has more than one hop and the middles forward packets. When they terminate
+    the connection instead (a proxy, `ForwardMode.terminates`), each end talks to that
+    neighbour itself, on its own subnet, and needs no gateway."""
     first, last = config.link(path.links[0]), config.link(path.links[-1])
+    routed = path.hops > 1 and not FORWARD_MODES[exp.forward].terminates
 
     def gateway(link, neighbour: str) -> str | None:
-        return str(link.address_of(neighbour).ip) if path.hops > 1 else None
+        return str(link.address_of(neighbour).ip) if routed else None
 
     return Target(
         exp,
@@ -75,6 +80,35 @@ def _target(
         client_path=path_args(exp, state, exp.client, first.name, gateway(first, path.nodes[1])),
         server_path=path_args(exp, state, exp.server, last.name, gateway(last, path.nodes[-2])),
     )
+
+
+def _nic(state: LabState, node: str, link: str) -> str | None:
+    return next((n["name"] for n in state.node(node).nics if n["link"] == link), None)
+
+
+def transit(
+    config: LabConfig,
+    state: LabState,
+    guests: Callable[[str], Guest],
+    path: RoutePath,
+    target: Target,
+) -> Transit:
+    """The middles of `path`, in order, each with its two links and its next hop's address:
+    the next middle's on the link between them, the server's for the last."""
+    middles = []
+    for i, node in enumerate(path.transit, start=1):
+        up, down = config.link(path.links[i - 1]), config.link(path.links[i])
+        nxt = path.nodes[i + 1]
+        middles.append(
+            Middle(
+                node,
+                guests(node),
+                Side(up.name, str(up.address_of(node).ip), _nic(state, node, up.name)),
+                Side(down.name, str(down.address_of(node).ip), _nic(state, node, down.name)),
+                str(down.address_of(nxt).ip),
+            )
+        )
+    return Transit(tuple(middles), target.server_ip, target.port)
 
 
 @contextlib.contextmanager
@@ -149,18 +183,26 @@ def run_experiments(
         _target(config, state, guests, exp, path, BASE_PORT + i)
         for i, (exp, path) in enumerate(zip(selected, paths, strict=True))
     ]
+    transits = [
+        transit(config, state, guests, path, target)
+        for path, target in zip(paths, targets, strict=True)
+    ]
     runs: list[list[dict]] = [[] for _ in selected]
     for round_no in range(1, rounds + 1):
         for i, (exp, path, target) in enumerate(zip(selected, paths, targets, strict=True)):
+            mode = FORWARD_MODES[exp.forward]
             for rep in range(exp.repeat):
                 progress(
                     (f"round {round_no}/{rounds} " if rounds > 1 else "")
                     + f"[{i + 1}/{len(selected)}] {exp.name} ({exp.type}, {exp.path}, "
-                    f"{' -> '.join(path.nodes)}, {exp.duration_s:g} s)"
+                    f"{' -> '.join(path.nodes)}"
+                    + (f", {exp.forward}" if path.transit else "")
+                    + f", {exp.duration_s:g} s)"
                     + (f" repeat {rep + 1}/{exp.repeat}" if exp.repeat > 1 else "")
                 )
                 name = f"{exp.name}-r{round_no}" + (f"-{rep + 1}" if exp.repeat > 1 else "")
                 captures: list[Capture] = []
+                forwarding: ForwardedRun | None = None
                 try:
                     with contextlib.ExitStack() as stack:
                         stack.enter_context(impaired(config, state, guests, exp))
@@ -171,10 +213,16 @@ def run_experiments(
                                 captures.append(
                                     stack.enter_context(Capture(state, link, out, bounds))
                                 )
-                        run = EXPERIMENT_TYPES[exp.type].run(target)
+                        forwarding = stack.enter_context(forwarded(mode, transits[i]))
+                        run = EXPERIMENT_TYPES[exp.type].run(
+                            replace(target, peer_ip=forwarding.entry)
+                        )
                 except (BenchError, GuestError, CaptureError) as err:
                     run = {"error": str(err)}
                     progress(f"    FAILED: {err}")
+                else:
+                    if forwarding is not None and forwarding.middles:
+                        run["forward"] = forwarding.middles
                 if captures:
                     run["captures"] = [_capture_record(c.result, capture_dir) for c in captures]
                 runs[i].append({**run, "round": round_no})
@@ -198,6 +246,15 @@ def _capture_record(result: CaptureResult | None, capture_dir: Path | None) -> d
     }
 
 
+def _middles_summary(runs: list[dict]) -> dict:
+    """Each middle's figures over the successful runs: the median of each numeric one."""
+    nodes: dict[str, list[dict]] = {}
+    for run in runs:
+        for node, figures in (run.get("forward") or {}).items():
+            nodes.setdefault(node, []).append(figures)
+    return {node: _summary(figures) for node, figures in nodes.items()}
+
+
 def _record(exp: ExperimentConfig, path: RoutePath, runs: list[dict], impairments: dict) -> dict:
     ok = [r for r in runs if "error" not in r]
     return {
@@ -210,6 +267,9 @@ def _record(exp: ExperimentConfig, path: RoutePath, runs: list[dict], impairment
         "link": exp.link,
         # The hops from client to server (host.routing): one for nodes joined by a link.
         "route": path.as_dict(),
+        # What the middle nodes did (host.forwarding): the mode, and per middle the medians
+        # of its figures over the successful runs (each run holds its own, in full).
+        "forward": {"mode": exp.forward, "middles": _middles_summary(ok)},
         # netem on each link crossed, per sending end, as it was for these runs.
         "impairments": impairments,
         "duration_s": exp.duration_s,

@@ -14,6 +14,7 @@ from rich.table import Table
 from guest.stack.factored.boundaries import BOUNDARIES
 from host.experiments import EXPERIMENT_TYPES
 from host.experiments.base import Column
+from host.forwarding import DEFAULT_MODE
 
 
 def load(path: Path) -> dict:
@@ -38,8 +39,17 @@ def _cell(column: Column, value) -> str:
     return _pct(value) if column.percent else _fmt(value, column.spec)
 
 
+def _forward_mode(rec: dict) -> str | None:
+    """The forwarding mode of a record whose route crosses a middle node, unless it is the
+    default (kernel forwarding, all that results saved before modes existed ran)."""
+    mode = (rec.get("forward") or {}).get("mode", DEFAULT_MODE)
+    return mode if mode != DEFAULT_MODE and (forwarding_hops(rec) or 0) > 0 else None
+
+
 def _path_label(rec: dict) -> str:
-    """The path as the table shows it, with the stack options that set its figures apart."""
+    """The path as the table shows it, with the stack options that set its figures apart,
+    then the middle nodes' forwarding mode where it is not the kernel's ("kernel ·
+    socket-proxy")."""
     kind = EXPERIMENT_TYPES.get(rec["type"])
     path = (kind and kind.path_label) or rec["path"]
     opts = rec.get("stack") or {}
@@ -52,6 +62,8 @@ def _path_label(rec: dict) -> str:
             link = BOUNDARIES.get(opts.get("link", "copy"))
             notes.append(link.label if link else str(opts.get("link")))
         path += f" ({'; '.join(notes)})"
+    if mode := _forward_mode(rec):
+        path += f" · {mode}"
     return path
 
 
@@ -172,10 +184,45 @@ def comparison_table(data: dict) -> Table | None:
     return table
 
 
+def _mb(value) -> str:
+    return "-" if value is None else f"{value / 1e6:.1f}"
+
+
+def forwarding_table(data: dict) -> Table | None:
+    """Each middle node of each experiment: what its forwarding cost and moved (medians over
+    the runs), or None if no experiment crossed a middle node."""
+    rows = [
+        (rec, node, figures)
+        for rec in data["results"]
+        for node, figures in ((rec.get("forward") or {}).get("middles") or {}).items()
+    ]
+    if not rows:
+        return None
+    table = Table(title="middle nodes (medians over the runs)", title_justify="left")
+    for col in ("experiment", "forward", "node"):
+        table.add_column(col, justify="left")
+    for col in ("guest CPU", "fwd pkt/s", "relayed MB/s", "syscalls/MB", "user copy MB"):
+        table.add_column(col, justify="right")
+    for rec, node, f in rows:
+        table.add_row(
+            rec["experiment"],
+            rec["forward"]["mode"],
+            node,
+            _pct(f.get("cpu")),
+            _fmt(f.get("forwarded_packets_per_s")),
+            _mb(f.get("relayed_bytes_per_s")),
+            _fmt(f.get("syscalls_per_mb"), ".1f"),
+            _mb(f.get("user_copy_bytes")),
+        )
+    return table
+
+
 def print_results(data: dict, console: Console | None = None) -> None:
     console = console or Console()
     console.print(results_table(data))
     if (table := comparison_table(data)) is not None:
+        console.print(table)
+    if (table := forwarding_table(data)) is not None:
         console.print(table)
 
 
