@@ -26,11 +26,13 @@ def checked_stream(
     seed: int,
     source_args: str = "--path kernel",
     sink_args: str = "--path kernel",
+    peer: str | None = None,
 ) -> tuple[dict, dict]:
-    """Send `nbytes` of the seeded pattern from `source` to a sink on `sink` at `ip`; assert
-    that both ends counted and hashed exactly what the pattern holds; return both results."""
+    """Send `nbytes` of the seeded pattern from `source` to a sink on `sink` at `ip` (the
+    source connecting to `peer` instead when given: a proxy on the way); assert that both
+    ends counted and hashed exactly what the pattern holds; return both results."""
     receiver = sink.start(traffic_command("sink", f"{sink_args} --bind {ip} --port {port}"))
-    send = f"--peer {ip} --port {port} --bytes {nbytes} --seed {seed} --msg-size 50000"
+    send = f"--peer {peer or ip} --port {port} --bytes {nbytes} --seed {seed} --msg-size 50000"
     command = traffic_command("source", f"{source_args} {send} --connect-timeout 60")
     sent = result(source.run(command, timeout=300))
     received = result(receiver.wait(timeout=120))
