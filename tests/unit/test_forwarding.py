@@ -339,3 +339,14 @@ def test_a_new_mode_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
     with forwarded(FORWARD_MODES["extension"], transit_) as run:
         assert run.entry == "198.18.3.2"
     assert run.mode == "extension" and set(run.middles) == {"m", "n"}
+
+
+def test_the_proxy_lab_runs_each_type_in_each_mode_against_kernel_forwarding() -> None:
+    lab = load_lab(GOOD.parents[2] / "configs" / "proxy.yaml")
+    assert {lab.path_of(e).nodes for e in lab.experiments} == {("a", "m", "b")}
+    cells = {(e.forward, e.type): e for e in lab.experiments}
+    assert set(cells) == {(m, t) for m in FORWARD_MODES for t in ("stream", "rr", "iperf3")}
+    for (mode, kind), exp in cells.items():
+        assert exp.path == "kernel"
+        if mode != "kernel" and kind != "iperf3":  # iperf3 has no compared figure
+            assert cells["kernel", kind].name == exp.baseline
