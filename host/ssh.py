@@ -180,10 +180,28 @@ class RunningCommand:
 
     def __init__(self, guest: str, command: str, chan: paramiko.Channel):
         self.guest, self.command, self.chan = guest, command, chan
+        self._out, self._err = io.BytesIO(), io.BytesIO()  # what was read before wait()
+
+    def wait_for_stderr(self, text: str, timeout: float) -> bool:
+        """Read the command's output until `text` appears on its stderr (a server's
+        "listening" event): True, or False if the command ended or `timeout` passed first.
+        What is read is kept for `wait()`."""
+        deadline = time.monotonic() + timeout
+        needle = text.encode()
+        while needle not in self._err.getvalue():
+            if self.chan.recv_ready():
+                self._out.write(self.chan.recv(65536))
+            elif self.chan.recv_stderr_ready():
+                self._err.write(self.chan.recv_stderr(65536))
+            elif self.chan.exit_status_ready() or time.monotonic() > deadline:
+                return False
+            else:
+                time.sleep(0.01)
+        return True
 
     def wait(self, timeout: float) -> CommandResult:
         self.chan.settimeout(timeout)
-        out, err = io.BytesIO(), io.BytesIO()
+        out, err = self._out, self._err
         deadline = time.monotonic() + timeout
         while not (
             self.chan.exit_status_ready()

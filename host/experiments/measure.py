@@ -14,6 +14,11 @@ from guest.stack.factored.boundaries import BOUNDARIES
 from host.experiments.base import BenchError, Target
 from host.ssh import Guest, traffic_command
 
+#: The traffic tool's event on stderr once its server listens (guest/traffic/workloads.py).
+LISTENING = '"event": "listening"'
+#: How long a server may take to listen (a user-level stack starts first).
+SERVER_START_S = 60.0
+
 
 def host_cpu_times() -> tuple[int, int]:
     """(busy, total) jiffies over all host CPUs."""
@@ -47,12 +52,19 @@ def traffic_pair(
     client_role: str,
     timeout: float,
 ) -> tuple[dict, dict]:
-    """Start the server, run the client to completion, collect both JSON lines."""
+    """Start the server, run the client to completion, collect both JSON lines.
+
+    A client that connects to a proxy (`t.connect_ip` is not the server's) starts once the
+    server listens: the proxy accepts at once and connects on only then, so a server not yet
+    listening would reset the client's connection instead of refusing it (a refusal the
+    client retries)."""
     srv = t.server.start(
         traffic_command(
             server_role, f"{t.server_path} --bind {t.server_ip} --port {t.port} {server_args}"
         )
     )
+    if t.connect_ip != t.server_ip:
+        srv.wait_for_stderr(LISTENING, timeout=SERVER_START_S)
     try:
         cli = t.client.run(
             traffic_command(

@@ -350,3 +350,48 @@ def test_the_proxy_lab_runs_each_type_in_each_mode_against_kernel_forwarding() -
         assert exp.path == "kernel"
         if mode != "kernel" and kind != "iperf3":  # iperf3 has no compared figure
             assert cells["kernel", kind].name == exp.baseline
+
+
+class FakeChannel:
+    """A channel that gives its stdout and stderr chunks one read at a time, then exits."""
+
+    def __init__(self, out: list[bytes], err: list[bytes]) -> None:
+        self.out, self.err = list(out), list(err)
+
+    def recv_ready(self) -> bool:
+        return bool(self.out)
+
+    def recv_stderr_ready(self) -> bool:
+        return bool(self.err)
+
+    def recv(self, _n: int) -> bytes:
+        return self.out.pop(0)
+
+    def recv_stderr(self, _n: int) -> bytes:
+        return self.err.pop(0)
+
+    def exit_status_ready(self) -> bool:
+        return not (self.out or self.err)
+
+    def recv_exit_status(self) -> int:
+        return 0
+
+    def settimeout(self, _t: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_client_behind_a_proxy_waits_for_the_server_to_listen_and_nothing_is_lost() -> None:
+    from host.ssh import RunningCommand
+
+    chan = FakeChannel([b"early\n", b"{}\n"], [b'{"event": "list', b'ening"}\n', b"late\n"])
+    cmd = RunningCommand("b", "sink", chan)  # type: ignore[arg-type]
+    assert cmd.wait_for_stderr('"event": "listening"', timeout=5)
+    assert chan.err == [b"late\n"]  # it stopped reading once the event was there
+    result = cmd.wait(timeout=5)
+    assert result.stdout == "early\n{}\n"
+    assert result.stderr == '{"event": "listening"}\nlate\n'
+    ended = RunningCommand("b", "sink", FakeChannel([], [b"error\n"]))  # type: ignore[arg-type]
+    assert not ended.wait_for_stderr('"event": "listening"', timeout=5)

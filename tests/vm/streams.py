@@ -32,6 +32,8 @@ def checked_stream(
     source connecting to `peer` instead when given: a proxy on the way); assert that both
     ends counted and hashed exactly what the pattern holds; return both results."""
     receiver = sink.start(traffic_command("sink", f"{sink_args} --bind {ip} --port {port}"))
+    if peer is not None:  # a proxy would reset the source's connection until the sink listens
+        assert receiver.wait_for_stderr('"event": "listening"', timeout=60)
     send = f"--peer {peer or ip} --port {port} --bytes {nbytes} --seed {seed} --msg-size 50000"
     command = traffic_command("source", f"{source_args} {send} --connect-timeout 60")
     sent = result(source.run(command, timeout=300))
