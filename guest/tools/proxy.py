@@ -50,6 +50,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from .argtypes import non_negative_int, positive_int
+
 MODES = ("socket", "splice")
 DIRECTIONS = ("client_to_server", "server_to_client")
 #: Per direction: the user-space buffer (socket mode) or the pipe's capacity (splice mode).
@@ -101,26 +103,6 @@ def _endpoint_arg(listen: bool) -> Callable[[str], tuple[int, tuple[str, int]]]:
 
     parse.__name__ = "address"  # argparse names the type in its error message
     return parse
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
 
 
 def set_socket_buffers(sock: socket.socket, size: int) -> None:
@@ -635,20 +617,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--max-conns",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_MAX_CONNS,
         help="connections relayed at once (default %(default)d); more wait to be accepted",
     )
     ap.add_argument(
         "--buffer",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_BUFFER,
         metavar="BYTES",
         help="per direction: user buffer (socket) or pipe size (splice) (default %(default)d)",
     )
     ap.add_argument(
         "--sock-buf",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         metavar="BYTES",
         help="SO_RCVBUF and SO_SNDBUF of every socket (default 0: kernel autotuning)",

@@ -56,6 +56,8 @@ from dataclasses import asdict, replace
 
 from guest.testing.impairment import ImpairedLink, LinkConfig
 
+from .argtypes import non_negative
+
 ETH_P_ALL = 0x0003
 ETH_HLEN = 14
 ETHERTYPE_IPV4 = b"\x08\x00"
@@ -342,16 +344,6 @@ def _probability(text: str) -> float:
     return value
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python3 -m guest.tools.relay",
@@ -365,16 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--corrupt", type=_probability, default=0.0, help=p)
     ap.add_argument("--reorder", type=_probability, default=0.0, help=p)
     ap.add_argument(
-        "--delay-ms", type=_non_negative, default=0.0, help="one-way delay in ms (default 0)"
+        "--delay-ms", type=non_negative, default=0.0, help="one-way delay in ms (default 0)"
     )
     ap.add_argument(
         "--reorder-delay-ms",
-        type=_non_negative,
+        type=non_negative,
         default=LinkConfig().reorder_delay * 1000,
         help="reordered and duplicated frames come up to this much later, ms (default %(default)g)",
     )
     ap.add_argument(
-        "--bandwidth", type=_non_negative, help="bit/s per direction (default: unlimited)"
+        "--bandwidth", type=non_negative, help="bit/s per direction (default: unlimited)"
     )
     ap.add_argument(
         "--queue-bytes", type=int, help="drop-tail queue limit in bytes (with --bandwidth)"

@@ -65,6 +65,7 @@ from guest.traffic.appdomain import APP_UID, AppDomainError, run_confined
 from guest.traffic.errors import TrafficError
 from guest.traffic.userstack import FactoredProvider, MonoProvider
 
+from .argtypes import positive_int
 from .proxy import DIRECTIONS, ConnectionStats, parse_endpoint
 
 PATHS = ("mono", "factored")
@@ -515,16 +516,6 @@ def _cidr(text: str) -> str:
     return text
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python3 -m guest.tools.stack_proxy",
@@ -535,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--listen-addr", required=True, type=_cidr, metavar="CIDR", help="its stack's address"
     )
-    ap.add_argument("--port", required=True, type=_positive_int, help="where clients connect")
+    ap.add_argument("--port", required=True, type=positive_int, help="where clients connect")
     ap.add_argument("--to-iface", required=True, metavar="IF", help="the server's NIC")
     ap.add_argument(
         "--to-addr", required=True, type=_cidr, metavar="CIDR", help="its stack's address"
@@ -546,13 +537,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--gateway", metavar="ADDR", help="--to-iface stack's default gateway")
     ap.add_argument(
         "--max-conns",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_MAX_CONNS,
         help="connections relayed at once (default %(default)d); more wait to be accepted",
     )
     ap.add_argument(
         "--buffer",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_BUFFER,
         metavar="BYTES",
         help="the relay's buffer per direction and connection (default %(default)d)",
