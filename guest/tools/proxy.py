@@ -32,6 +32,10 @@ nothing to do) and the bytes that passed through user space (0 with splice). Eve
 and the selector are closed on the way out, however it is left; `fds_leaked` counts file
 descriptors open at the end that were not open at the start, as a check of exactly that.
 A bad address or a listen port in use is reported on stderr with exit status 1.
+
+`guest.tools.stack_proxy` relays the same way on our own stack and takes from here what the two
+share: the connection counters and their report, the event lines, the common options and the
+stop signals.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 from .argtypes import non_negative_int, positive_int
@@ -94,7 +98,9 @@ def parse_endpoint(text: str, *, listen: bool) -> tuple[int, tuple[str, int]]:
     return family, (str(sockaddr[0]), int(sockaddr[1]))
 
 
-def _endpoint_arg(listen: bool) -> Callable[[str], tuple[int, tuple[str, int]]]:
+def endpoint_arg(listen: bool) -> Callable[[str], tuple[int, tuple[str, int]]]:
+    """`parse_endpoint` as an argparse type."""
+
     def parse(text: str) -> tuple[int, tuple[str, int]]:
         try:
             return parse_endpoint(text, listen=listen)
@@ -365,6 +371,28 @@ class ConnectionStats:
     #: Most connections relayed at once.
     max_active: int = 0
 
+    def ended(self, *, failed: bool) -> None:
+        """Count a relayed connection that has ended."""
+        if failed:
+            self.failed += 1
+        else:
+            self.completed += 1
+
+
+def connection_report(
+    conns: ConnectionStats, directions: Iterable[dict[str, int]]
+) -> dict[str, object]:
+    """The counters of a proxy's `stats()`: connections, then each direction's (DIRECTIONS)."""
+    out: dict[str, object] = {"connections": asdict(conns)}
+    out.update(zip(DIRECTIONS, directions, strict=True))
+    return out
+
+
+def log_event(event: str, **fields: object) -> None:
+    """An event worth knowing (a failed connection, say) as a JSON line on stderr."""
+    sys.stderr.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stderr.flush()
+
 
 class Proxy:
     """The listener, every connection, and the counters; `serve()` runs the loop."""
@@ -447,7 +475,7 @@ class Proxy:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # e.g. ECONNABORTED, EMFILE: that client is lost, not us
-                self._log("accept_failed", error=exc.strerror)
+                log_event("accept_failed", error=exc.strerror)
                 return
             self.conns.accepted += 1
             self._open(client)
@@ -470,7 +498,7 @@ class Proxy:
                 raise OSError(err, os.strerror(err))
         except OSError as exc:
             self.conns.failed += 1
-            self._log("connect_failed", error=exc.strerror, to=f"{addr[0]}:{addr[1]}")
+            log_event("connect_failed", error=exc.strerror, to=f"{addr[0]}:{addr[1]}")
             client.close()
             if server is not None:
                 server.close()
@@ -507,7 +535,7 @@ class Proxy:
                     elif events & selectors.EVENT_WRITE and pump.dst is sock:
                         pump.flush()
         except OSError as exc:
-            self._log("connection_failed", error=exc.strerror or str(exc))
+            log_event("connection_failed", error=exc.strerror or str(exc))
             self._finish(conn, failed=True)
             return
         if conn.pumps and all(p.done for p in conn.pumps):
@@ -542,10 +570,7 @@ class Proxy:
 
     def _finish(self, conn: Connection, *, failed: bool) -> None:
         self._drop(conn)
-        if failed:
-            self.conns.failed += 1
-        else:
-            self.conns.completed += 1
+        self.conns.ended(failed=failed)
         self._listen(True)
 
     def _drop(self, conn: Connection) -> None:
@@ -578,16 +603,7 @@ class Proxy:
         self._selector.close()
 
     def stats(self) -> dict[str, object]:
-        out: dict[str, object] = {"connections": asdict(self.conns)}
-        for name, direction in zip(DIRECTIONS, self.directions, strict=True):
-            out[name] = direction.as_dict()
-        return out
-
-    @staticmethod
-    def _log(event: str, **fields: object) -> None:
-        """A per-connection event worth knowing (a failure) as a JSON line on stderr."""
-        sys.stderr.write(json.dumps({"event": event, **fields}) + "\n")
-        sys.stderr.flush()
+        return connection_report(self.conns, (d.as_dict() for d in self.directions))
 
 
 # ===================================================================== command line
@@ -604,17 +620,30 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--listen",
         required=True,
-        type=_endpoint_arg(listen=True),
+        type=endpoint_arg(listen=True),
         metavar="ADDR:PORT",
         help="where clients connect (port 0: pick a free one)",
     )
     ap.add_argument(
         "--to",
         required=True,
-        type=_endpoint_arg(listen=False),
+        type=endpoint_arg(listen=False),
         metavar="HOST:PORT",
         help="the real server",
     )
+    add_relay_options(ap, buffer_help="per direction: user buffer (socket) or pipe size (splice)")
+    ap.add_argument(
+        "--sock-buf",
+        type=non_negative_int,
+        default=0,
+        metavar="BYTES",
+        help="SO_RCVBUF and SO_SNDBUF of every socket (default 0: kernel autotuning)",
+    )
+    return ap
+
+
+def add_relay_options(ap: argparse.ArgumentParser, *, buffer_help: str) -> None:
+    """--max-conns and --buffer (`buffer_help`: what the buffer is, its default added)."""
     ap.add_argument(
         "--max-conns",
         type=positive_int,
@@ -626,16 +655,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=DEFAULT_BUFFER,
         metavar="BYTES",
-        help="per direction: user buffer (socket) or pipe size (splice) (default %(default)d)",
+        help=f"{buffer_help} (default %(default)d)",
     )
-    ap.add_argument(
-        "--sock-buf",
-        type=non_negative_int,
-        default=0,
-        metavar="BYTES",
-        help="SO_RCVBUF and SO_SNDBUF of every socket (default 0: kernel autotuning)",
-    )
-    return ap
+
+
+def stop_on_signals() -> Callable[[], bool]:
+    """Make SIGTERM and SIGINT ask to stop; the returned function says whether one has."""
+    stop = False
+
+    def request_stop(*_args: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return lambda: stop
 
 
 def _open_fds() -> set[int]:
@@ -645,14 +679,7 @@ def _open_fds() -> set[int]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     fds_before = _open_fds()
-    stop = False
-
-    def request_stop(*_args: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    should_stop = stop_on_signals()
     try:
         proxy = Proxy(
             args.mode,
@@ -679,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(json.dumps(ready), flush=True)
         started = time.monotonic()
-        proxy.serve(lambda: stop)
+        proxy.serve(should_stop)
         elapsed = time.monotonic() - started
     finally:
         proxy.close()

@@ -66,11 +66,18 @@ from guest.traffic.errors import TrafficError
 from guest.traffic.userstack import FactoredProvider, MonoProvider
 
 from .argtypes import positive_int
-from .proxy import DIRECTIONS, ConnectionStats, parse_endpoint
+from .proxy import (
+    DEFAULT_BUFFER,
+    DEFAULT_MAX_CONNS,
+    ConnectionStats,
+    add_relay_options,
+    connection_report,
+    endpoint_arg,
+    log_event,
+    stop_on_signals,
+)
 
 PATHS = ("mono", "factored")
-DEFAULT_BUFFER = 1 << 20
-DEFAULT_MAX_CONNS = 64
 LISTEN_BACKLOG = 64
 #: Longest sleep of the relay, so that a stop request is seen even when nothing happens.
 IDLE_POLL_S = 0.1
@@ -214,7 +221,7 @@ class Relay:
                 for pump in conn.pumps:
                     busy |= pump.step()
             except OSError as exc:
-                self._log("connection_failed", error=exc.strerror or str(exc))
+                log_event("connection_failed", error=exc.strerror or str(exc))
                 self._finish(conn, failed=True)
                 busy = True
                 continue
@@ -253,7 +260,7 @@ class Relay:
         try:
             client, _peer = accepting.result()
         except OSError as exc:
-            self._log("accept_failed", error=exc.strerror or str(exc))
+            log_event("accept_failed", error=exc.strerror or str(exc))
             raise  # the listener's stack is gone: nothing more to relay
         self.conns.accepted += 1
         try:
@@ -261,7 +268,7 @@ class Relay:
         except OSError as exc:
             client.close()
             self.conns.failed += 1
-            self._log("connect_failed", error=exc.strerror or str(exc))
+            log_event("connect_failed", error=exc.strerror or str(exc))
             return True
         self.active.append(Connection(client, connecting))
         self.conns.max_active = max(self.conns.max_active, len(self.active))
@@ -281,7 +288,7 @@ class Relay:
         try:
             conn.server = connecting.result()
         except OSError as exc:
-            self._log("connect_failed", error=exc.strerror or str(exc))
+            log_event("connect_failed", error=exc.strerror or str(exc))
             raise
         up, down = self.directions
         conn.pumps = (
@@ -292,10 +299,7 @@ class Relay:
 
     def _finish(self, conn: Connection, *, failed: bool) -> None:
         self._drop(conn)
-        if failed:
-            self.conns.failed += 1
-        else:
-            self.conns.completed += 1
+        self.conns.ended(failed=failed)
 
     def _drop(self, conn: Connection) -> None:
         self.active.remove(conn)
@@ -319,9 +323,7 @@ class Relay:
         self.listener.close()
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"connections": asdict(self.conns)}
-        for name, direction in zip(DIRECTIONS, self.directions, strict=True):
-            out[name] = asdict(direction)
+        out: dict[str, Any] = connection_report(self.conns, map(asdict, self.directions))
         out["relay"] = {
             "loops": self.loops,
             "sleeps": self.sleeps,
@@ -334,24 +336,12 @@ class Relay:
         }
         return out
 
-    @staticmethod
-    def _log(event: str, **fields: object) -> None:
-        sys.stderr.write(json.dumps({"event": event, **fields}) + "\n")
-        sys.stderr.flush()
-
 
 def relay_until_stopped(relay: Relay) -> dict[str, Any]:
     """Relay until SIGTERM or SIGINT (the domain's own handlers), then close; the counters."""
-    stop = False
-
-    def request_stop(*_args: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    should_stop = stop_on_signals()
     try:
-        relay.serve(lambda: stop)
+        relay.serve(should_stop)
     finally:
         relay.close()
     return relay.stats()
@@ -460,7 +450,7 @@ class Supervisor:
                     domain = {"domain": "app", "pid": pid, "uid": APP_UID, "confined": True}
                     self.ready(domain)
                 else:
-                    Relay._log("relay_restarted", pid=pid)
+                    log_event("relay_restarted", pid=pid)
                 if self.stop:  # asked while forking
                     self.request_stop()
 
@@ -472,7 +462,7 @@ class Supervisor:
                 break
             except AppDomainError as exc:
                 self.domains["died"] += 1
-                Relay._log("relay_died", pid=self.child, error=str(exc))
+                log_event("relay_died", pid=self.child, error=str(exc))
             finally:
                 self.child = 0
                 for client in clients:
@@ -495,11 +485,11 @@ class Supervisor:
 # ===================================================================== command line
 
 
+_endpoint = endpoint_arg(listen=False)
+
+
 def _ipv4_endpoint(text: str) -> tuple[str, int]:
-    try:
-        family, addr = parse_endpoint(text, listen=False)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    family, addr = _endpoint(text)
     if family != socket.AF_INET:  # our stack speaks IPv4 only
         raise argparse.ArgumentTypeError(f"not an IPv4 address: {text!r}")
     return addr
@@ -535,19 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", required=True, type=_ipv4_endpoint, metavar="HOST:PORT", help="the real server"
     )
     ap.add_argument("--gateway", metavar="ADDR", help="--to-iface stack's default gateway")
-    ap.add_argument(
-        "--max-conns",
-        type=positive_int,
-        default=DEFAULT_MAX_CONNS,
-        help="connections relayed at once (default %(default)d); more wait to be accepted",
-    )
-    ap.add_argument(
-        "--buffer",
-        type=positive_int,
-        default=DEFAULT_BUFFER,
-        metavar="BYTES",
-        help="the relay's buffer per direction and connection (default %(default)d)",
-    )
+    add_relay_options(ap, buffer_help="the relay's buffer per direction and connection")
     ap.add_argument("--device", choices=tuple(DEVICE_KINDS), default=DEFAULT_DEVICE)
     ap.add_argument(
         "--offload", default="all", help="both stacks' offload levers: none, all, or a list"
