@@ -21,7 +21,7 @@ import socket
 import struct
 from collections.abc import Callable
 
-from guest.stack.factored.attacks import Attacks, Succeeded
+from guest.stack.factored.attacks import Attacks, Succeeded, run_attacks
 from guest.stack.factored.uring import UringTransmit
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -124,13 +124,4 @@ class ExtensionAttacks:
             "create_uring": c.create_uring,
             "register_on_uring": c.register_on_uring,
         }
-        results: dict[str, str] = {}
-        for name, attack in attacks.items():
-            try:
-                attack()
-                results[name] = "SUCCEEDED: returned normally"
-            except Succeeded as e:
-                results[name] = f"SUCCEEDED: {e}"
-            except (OSError, ValueError) as e:
-                results[name] = f"denied: {type(e).__name__}: {e}"
-        return results
+        return run_attacks(attacks)

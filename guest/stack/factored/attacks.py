@@ -22,7 +22,7 @@ import mmap
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from guest.stack.session.server import SessionServer
 from guest.stack.session.shm import map_shared
@@ -41,6 +41,20 @@ IORING_REGISTER_FILES_UPDATE = 6
 
 class Succeeded(Exception):
     """The attack got through: the message says what it did."""
+
+
+def run_attacks(attacks: Mapping[str, Callable[[], None]]) -> dict[str, str]:
+    """Try each attack in turn: by name, `SUCCEEDED: ...` or `denied: <error>: ...`."""
+    results: dict[str, str] = {}
+    for name, attack in attacks.items():
+        try:
+            attack()
+            results[name] = "SUCCEEDED: returned normally"
+        except Succeeded as e:
+            results[name] = f"SUCCEEDED: {e}"
+        except (OSError, ValueError) as e:
+            results[name] = f"denied: {type(e).__name__}: {e}"
+    return results
 
 
 def _libc_call(result: int, what: str) -> None:
@@ -205,7 +219,6 @@ class Attacks:
         )
 
     def run_all(self) -> dict[str, str]:
-        results: dict[str, str] = {}
         attacks: dict[str, Callable[[], None]] = {
             "open_socket": self.open_socket,
             "open_packet_socket": self.open_packet_socket,
@@ -223,12 +236,4 @@ class Attacks:
         if self.ring is not None:
             attacks["register_on_uring"] = self.register_on_uring
             attacks["map_uring_entries"] = self.map_uring_entries
-        for name, attack in attacks.items():
-            try:
-                attack()
-                results[name] = "SUCCEEDED: returned normally"
-            except Succeeded as e:
-                results[name] = f"SUCCEEDED: {e}"
-            except (OSError, ValueError) as e:
-                results[name] = f"denied: {type(e).__name__}: {e}"
-        return results
+        return run_attacks(attacks)
