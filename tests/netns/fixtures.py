@@ -22,8 +22,10 @@ import pytest
 from guest.testing.netns import VethPair, leftovers, ns_cmd, unavailable_reason, veth_pair
 
 __all__ = [
+    "Processes",
     "VethPair",
     "check",
+    "final_record",
     "leftovers",
     "netns_pair",
     "probe",
@@ -33,6 +35,7 @@ __all__ = [
     "send",
     "start",
     "veth_pair",
+    "wait_event",
     "wait_ready",
 ]
 
@@ -116,4 +119,71 @@ def result(proc: subprocess.Popen[str], timeout: float = 20.0) -> dict[str, Any]
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise AssertionError(f"worker failed ({proc.returncode}): {err.strip()[-2000:]}")
+    return json.loads(lines[-1])
+
+
+class Processes:
+    """Everything a test starts with `start()`, stopped on the way out whatever happened:
+    SIGTERM first (so that a stack gives its NIC back), SIGKILL for whatever does not stop in
+    time; stderr is shown with a failure. With `cpu`, every process runs on that CPU only."""
+
+    def __init__(self, cpu: int | None = None) -> None:
+        self.cpu = cpu
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, ns: str, module: str, *args: str) -> subprocess.Popen[str]:
+        proc = start(ns, module, *args, cpu=self.cpu)
+        self.procs.append(proc)
+        return proc
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, exc_type: object, *_exc: object) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                _, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            if exc_type is not None and err:  # pytest shows this with the failure
+                label = " ".join(proc.args[proc.args.index("-m") - 1 :][:4])
+                print(f"--- {label} (exit {proc.returncode}):\n{err[-2000:]}")
+
+
+def wait_event(
+    proc: subprocess.Popen[str], event: str, stderr: bool = False, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Wait for the JSON line `{"event": event, ...}` a process prints when it serves (a tool
+    on stdout, the traffic tool on stderr). It must be the process's only output so far:
+    `final_record()` later reads the pipes below Python's buffering."""
+    stream = proc.stderr if stderr else proc.stdout
+    assert stream is not None
+    ready, _, _ = select.select([stream], [], [], timeout)
+    line = stream.readline().strip() if ready else ""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        record = {}
+    if record.get("event") != event:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"expected {event!r}, got {line!r}: {err.strip()[-2000:]}")
+    return record
+
+
+def final_record(proc: subprocess.Popen[str], timeout: float = 60.0) -> dict[str, Any]:
+    """The last JSON line a process printed on stdout, once it exited with status 0 (the
+    traffic tool reports a failure as a JSON line with "error" on stdout, and a non-zero exit)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"timed out: {out[-1000:]} {err[-2000:]}") from None
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    assert proc.returncode == 0 and lines, f"exit {proc.returncode}: {out[-1000:]} {err[-2000:]}"
     return json.loads(lines[-1])

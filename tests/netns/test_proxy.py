@@ -12,7 +12,6 @@ moved, and it must end with no file descriptor left open.
 from __future__ import annotations
 
 import json
-import select
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,7 +21,8 @@ import pytest
 
 from guest.testing.netns import leftovers, unavailable_reason
 from guest.testing.netns_chain import VethChain, veth_chain
-from tests.netns.fixtures import start
+from tests.netns import fixtures
+from tests.netns.fixtures import final_record, wait_event
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -58,86 +58,28 @@ def _forwarding(ns: str, on: bool) -> None:
     subprocess.run(argv, check=True)
 
 
-class Processes:
-    """Everything a test starts, stopped on the way out whatever happened (SIGTERM, then
-    SIGKILL for whatever does not stop in time); stderr is shown with a failure."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def start(self, ns: str, module: str, *args: str) -> subprocess.Popen[str]:
-        proc = start(ns, module, *args)
-        self.procs.append(proc)
-        return proc
+class Processes(fixtures.Processes):
+    """`fixtures.Processes` that also starts the proxy."""
 
     def proxy(self, ns: str, mode: str, listen: str, to: str, *args: str) -> subprocess.Popen[str]:
         """A proxy in `ns`, listening once this returns."""
         argv = ["--mode", mode, "--listen", listen, "--to", to, *args]
         proc = self.start(ns, "guest.tools.proxy", *argv)
-        _event(proc, "ready")
+        wait_event(proc, "ready")
         return proc
-
-    def __enter__(self) -> Processes:
-        return self
-
-    def __exit__(self, exc_type: object, *_exc: object) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                _, err = proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, err = proc.communicate()
-            if exc_type is not None and err:  # pytest shows this with the failure
-                print(f"--- {' '.join(proc.args[4:8])} (exit {proc.returncode}):\n{err[-2000:]}")
-
-
-def _event(
-    proc: subprocess.Popen[str], event: str, stderr: bool = False, timeout: float = 30.0
-) -> dict[str, Any]:
-    """Wait for the JSON line `{"event": event, ...}` a process prints when it serves (the
-    proxy on stdout, the traffic tool on stderr); it must be its only output so far."""
-    stream = proc.stderr if stderr else proc.stdout
-    assert stream is not None
-    ready, _, _ = select.select([stream], [], [], timeout)
-    line = stream.readline().strip() if ready else ""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        record = {}
-    if record.get("event") != event:
-        proc.kill()
-        _, err = proc.communicate()
-        raise AssertionError(f"expected {event!r}, got {line!r}: {err.strip()[-2000:]}")
-    return record
-
-
-def _result(proc: subprocess.Popen[str], timeout: float = 60.0) -> dict[str, Any]:
-    """The last JSON line a process printed on stdout, once it exited with status 0."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"timed out: {out[-1000:]} {err[-2000:]}") from None
-    lines = [line for line in out.splitlines() if line.startswith("{")]
-    assert proc.returncode == 0 and lines, f"exit {proc.returncode}: {out[-1000:]} {err[-2000:]}"
-    return json.loads(lines[-1])
 
 
 def _stopped(proxy: subprocess.Popen[str]) -> dict[str, Any]:
     """SIGTERM the proxy; its final counters."""
     proxy.terminate()
-    final = _result(proxy, timeout=15)
+    final = final_record(proxy, timeout=15)
     assert final["event"] == "stopped", final
     return final["stats"]
 
 
 def _sink(procs: Processes, ns: str, port: int) -> subprocess.Popen[str]:
     sink = procs.start(ns, "guest.traffic", "sink", "--port", str(port))
-    _event(sink, "listening", stderr=True)
+    wait_event(sink, "listening", stderr=True)
     return sink
 
 
@@ -197,7 +139,7 @@ def test_control_forwarding_off_keeps_a_from_b(chain: VethChain) -> None:
         assert "error" in json.loads(out.splitlines()[-1]), out
         _forwarding(chain.ns_m, True)
         source = _source(procs, chain.ns_a, B_IP, 7200, "--bytes", "100000", *quick)
-        assert _intact(_result(source), _result(sink)) == 100000
+        assert _intact(final_record(source), final_record(sink)) == 100000
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -206,7 +148,7 @@ def test_stream_a_to_b(chain: VethChain, mode: str) -> None:
         proxy = procs.proxy(chain.ns_m, mode, f"{M_A_IP}:7201", f"{B_IP}:7201")
         sink = _sink(procs, chain.ns_b, 7201)
         source = _source(procs, chain.ns_a, M_A_IP, 7201, "--bytes", str(NBYTES))
-        assert _intact(_result(source), _result(sink)) == NBYTES
+        assert _intact(final_record(source), final_record(sink)) == NBYTES
         _assert_relayed(_stopped(proxy), mode, NBYTES, 0, 1)
 
 
@@ -217,7 +159,7 @@ def test_stream_b_to_a(chain: VethChain, mode: str) -> None:
         proxy = procs.proxy(chain.ns_m, mode, f"{M_B_IP}:7202", f"{A_IP}:7202")
         sink = _sink(procs, chain.ns_a, 7202)
         source = _source(procs, chain.ns_b, M_B_IP, 7202, "--bytes", str(NBYTES), seed=12)
-        assert _intact(_result(source), _result(sink)) == NBYTES
+        assert _intact(final_record(source), final_record(sink)) == NBYTES
         _assert_relayed(_stopped(proxy), mode, NBYTES, 0, 1)
 
 
@@ -230,12 +172,12 @@ def test_request_response(chain: VethChain, mode: str) -> None:
             chain.ns_b, "guest.traffic", "rr-server", "--port", "7203",
             "--req-size", str(req), "--resp-size", str(resp),
         )  # fmt: skip
-        _event(server, "listening", stderr=True)
+        wait_event(server, "listening", stderr=True)
         client = procs.start(
             chain.ns_a, "guest.traffic", "rr-client", "--peer", M_A_IP, "--port", "7203",
             "--count", str(count), "--req-size", str(req), "--resp-size", str(resp),
         )  # fmt: skip
-        done, served = _result(client), _result(server)
+        done, served = final_record(client), final_record(server)
         assert done["transactions"] == served["transactions"] == count, (done, served)
         _assert_relayed(_stopped(proxy), mode, count * req, count * resp, 1)
 
@@ -256,8 +198,8 @@ def test_two_streams_at_once(chain: VethChain, mode: str, max_conns: int) -> Non
         _no_listener(chain.ns_b, 7204)
         sink2 = _sink(procs, chain.ns_b, 7204)
         source2 = _source(procs, chain.ns_a, M_A_IP, 7204, "--bytes", str(NBYTES), seed=22)
-        first = _intact(_result(source1), _result(sink1))
-        second = _intact(_result(source2), _result(sink2))
+        first = _intact(final_record(source1), final_record(sink1))
+        second = _intact(final_record(source2), final_record(sink2))
         assert second == NBYTES
         stats = _stopped(proxy)
         _assert_relayed(stats, mode, first + second, 0, 2)
@@ -284,7 +226,7 @@ def test_half_close(chain: VethChain, mode: str) -> None:
             "half_close_client",
             json.dumps({"peer": M_A_IP, "port": 7205, "send": sent}),
         )
-        asked, answered = _result(client), _result(server)
+        asked, answered = final_record(client), final_record(server)
         assert answered["received"] == sent, answered
         assert answered["received_sha256"] == asked["sent_sha256"], (asked, answered)
         assert asked["received"] == reply, asked

@@ -26,7 +26,8 @@ import pytest
 
 from guest.testing.netns import leftovers, unavailable_reason
 from guest.testing.netns_chain import VethChain, offloads_off, veth_chain
-from tests.netns.test_proxy import Processes, _event, _intact, _result
+from tests.netns.fixtures import Processes, final_record, wait_event
+from tests.netns.test_proxy import _intact
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
@@ -65,7 +66,7 @@ def _stack_proxy(procs: Processes, chain: VethChain, path: str) -> tuple[Any, di
         "--to-iface", chain.if_mb, "--to-addr", f"{M_B_IP}/24", "--to", f"{B_IP}:{SERVER_PORT}",
         "--offload", "none",
     )  # fmt: skip
-    ready = _event(proc, "ready", timeout=60)
+    ready = wait_event(proc, "ready", timeout=60)
     assert ready["path"] == path and ready["listen"] == f"{M_A_IP}:{PORT}", ready
     assert ready["stacks"]["listen"]["iface"] == chain.if_ma, ready
     assert ready["stacks"]["to"]["iface"] == chain.if_mb, ready
@@ -74,7 +75,7 @@ def _stack_proxy(procs: Processes, chain: VethChain, path: str) -> tuple[Any, di
 
 def _stopped(proxy: subprocess.Popen[str]) -> dict[str, Any]:
     proxy.terminate()
-    final = _result(proxy, timeout=90)
+    final = final_record(proxy, timeout=90)
     assert final["event"] == "stopped", final
     return final["stats"]
 
@@ -82,7 +83,7 @@ def _stopped(proxy: subprocess.Popen[str]) -> dict[str, Any]:
 def _traffic(procs: Processes, ns: str, role: str, *args: str) -> subprocess.Popen[str]:
     proc = procs.start(ns, "guest.traffic", role, *args)
     if role in ("sink", "rr-server"):
-        _event(proc, "listening", stderr=True)
+        wait_event(proc, "listening", stderr=True)
     return proc
 
 
@@ -93,7 +94,7 @@ def _stream(procs: Processes, chain: VethChain, nbytes: int, seed: int) -> int:
         procs, chain.ns_a, "source", "--peer", M_A_IP, "--port", str(PORT),
         "--bytes", str(nbytes), "--seed", str(seed),
     )  # fmt: skip
-    return _intact(_result(source, timeout=120), _result(sink, timeout=120))
+    return _intact(final_record(source, timeout=120), final_record(sink, timeout=120))
 
 
 @pytest.mark.parametrize("path", ["mono", "factored"])
@@ -106,7 +107,7 @@ def test_stream_and_rr_through_the_stack_proxy(chain: VethChain, path: str) -> N
             procs, chain.ns_a, "rr-client", "--peer", M_A_IP, "--port", str(PORT),
             "--count", "300", *RR,
         )  # fmt: skip
-        done, served = _result(client), _result(server)
+        done, served = final_record(client), final_record(server)
         assert done["transactions"] == served["transactions"] == 300
         stats = _stopped(proxy)
     c = stats["connections"]
@@ -197,5 +198,5 @@ def test_control_without_the_proxy_a_cannot_reach_b(chain: VethChain) -> None:
             procs, chain.ns_a, "source", "--peer", M_A_IP, "--port", str(PORT),
             "--bytes", "100000", *quick,
         )  # fmt: skip
-        assert _intact(_result(source), _result(sink)) == 100000
+        assert _intact(final_record(source), final_record(sink)) == 100000
         assert _stopped(proxy)["connections"]["completed"] == 1

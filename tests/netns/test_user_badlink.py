@@ -13,7 +13,6 @@ by dropping what failed its checksums.
 from __future__ import annotations
 
 import json
-import select
 import shutil
 import subprocess
 import time
@@ -25,12 +24,14 @@ import pytest
 
 from guest.testing.netns import leftovers, unavailable_reason
 from guest.testing.netns_chain import VethChain, offloads_off, veth_chain
-from tests.netns.fixtures import start
+from tests.netns.fixtures import Processes, final_record, wait_event
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
 OURS, LINUX = "198.18.78.1", "198.18.78.2"
 NBYTES = 1_500_007
+#: Longest a transfer through the bad link may take.
+TRANSFER_TIMEOUT_S = 90.0
 #: Per frame and direction. Corruption is above the "0.5 %" a netem line would use, so that the
 #: ~1500-2000 frames each direction carries almost surely (P(none) ~ 1e-7) include some.
 IMPAIRMENT = {
@@ -61,77 +62,10 @@ def chain() -> Iterator[VethChain]:
     assert not {c.ns_a, c.ns_m, c.ns_b} & set(leftovers())
 
 
-class Processes:
-    """Everything the test starts, stopped on the way out whatever happened: SIGTERM first
-    (so that the stack gives its NIC back), SIGKILL for whatever does not stop in time."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def start(self, ns: str, module: str, *args: str) -> subprocess.Popen[str]:
-        # All on one CPU: a veth hands a frame to the receive backlog of the CPU that sent it,
-        # so a sender moving between CPUs can reorder its own frames before the relay sees
-        # them, and the relay would count the late originals as retransmissions.
-        proc = start(ns, module, *args, cpu=0)
-        self.procs.append(proc)
-        return proc
-
-    def __enter__(self) -> Processes:
-        return self
-
-    def __exit__(self, exc_type: object, *_exc: object) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                _, err = proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, err = proc.communicate()
-            if exc_type is not None and err:  # pytest shows this with the failure
-                print(f"--- {' '.join(proc.args[4:7])} (exit {proc.returncode}):\n{err[-2000:]}")
-
-
-def _event(
-    proc: subprocess.Popen[str], event: str, stderr: bool = False, timeout: float = 30.0
-) -> dict[str, Any]:
-    """Wait for the JSON line `{"event": event, ...}` a process prints when it serves (the
-    stack and the relay on stdout, the traffic tool on stderr). It must be the process's only
-    output so far: `_result()` later reads the pipes below Python's buffering."""
-    stream = proc.stderr if stderr else proc.stdout
-    assert stream is not None
-    ready, _, _ = select.select([stream], [], [], timeout)
-    line = stream.readline().strip() if ready else ""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        record = {}
-    if record.get("event") != event:
-        proc.kill()
-        _, err = proc.communicate()
-        raise AssertionError(f"expected {event!r}, got {line!r}: {err.strip()[-2000:]}")
-    return record
-
-
-def _result(proc: subprocess.Popen[str], timeout: float = 90.0) -> dict[str, Any]:
-    """The last JSON line a process printed on stdout, once it exited with status 0."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"timed out: {out[-1000:]} {err[-2000:]}") from None
-    lines = [line for line in out.splitlines() if line.startswith("{")]
-    # The traffic tool reports a failure as a JSON line with "error" on stdout.
-    assert proc.returncode == 0 and lines, f"exit {proc.returncode}: {out[-1000:]} {err[-2000:]}"
-    return json.loads(lines[-1])
-
-
 def _stop(proc: subprocess.Popen[str]) -> dict[str, Any]:
     """SIGTERM, then the final JSON line (`{"event": "stopped", ...}`)."""
     proc.terminate()
-    return _result(proc, timeout=15)
+    return final_record(proc, timeout=15)
 
 
 def _linux_counters(ns: str) -> dict[str, int]:
@@ -164,7 +98,10 @@ def test_both_directions_through_a_bad_link(chain: VethChain, tmp_path: Path, pa
     mono = ["--path", path, "--stack-socket", sock]
     impairment = [arg for pair in IMPAIRMENT.items() for arg in pair]
     began = time.monotonic()
-    with Processes() as procs:
+    # All on one CPU: a veth hands a frame to the receive backlog of the CPU that sent it, so a
+    # sender moving between CPUs can reorder its own frames before the relay sees them, and the
+    # relay would count the late originals as retransmissions.
+    with Processes(cpu=0) as procs:
         relay = procs.start(
             chain.ns_m,
             "guest.tools.relay",
@@ -174,7 +111,7 @@ def test_both_directions_through_a_bad_link(chain: VethChain, tmp_path: Path, pa
             chain.if_mb,
             *impairment,
         )
-        _event(relay, "ready")
+        wait_event(relay, "ready")
         stack = procs.start(
             chain.ns_a,
             f"guest.stack.{path}",
@@ -189,12 +126,12 @@ def test_both_directions_through_a_bad_link(chain: VethChain, tmp_path: Path, pa
             "--offload",
             "none",
         )
-        _event(stack, "ready")
+        wait_event(stack, "ready")
 
         # Our source -> Linux sink.
         t0 = time.monotonic()
         sink = procs.start(chain.ns_b, "guest.traffic", "sink", "--port", "7101")
-        _event(sink, "listening", stderr=True)
+        wait_event(sink, "listening", stderr=True)
         source = procs.start(
             chain.ns_a,
             "guest.traffic",
@@ -209,13 +146,18 @@ def test_both_directions_through_a_bad_link(chain: VethChain, tmp_path: Path, pa
             "--seed",
             "11",
         )
-        _assert_intact(_result(source), _result(sink), path, "kernel")
+        _assert_intact(
+            final_record(source, timeout=TRANSFER_TIMEOUT_S),
+            final_record(sink, timeout=TRANSFER_TIMEOUT_S),
+            path,
+            "kernel",
+        )
         outbound_s = time.monotonic() - t0
 
         # Linux source -> our sink.
         t0 = time.monotonic()
         sink = procs.start(chain.ns_a, "guest.traffic", "sink", *mono, "--port", "7102")
-        _event(sink, "listening", stderr=True)
+        wait_event(sink, "listening", stderr=True)
         source = procs.start(
             chain.ns_b,
             "guest.traffic",
@@ -229,7 +171,12 @@ def test_both_directions_through_a_bad_link(chain: VethChain, tmp_path: Path, pa
             "--seed",
             "12",
         )
-        _assert_intact(_result(source), _result(sink), "kernel", path)
+        _assert_intact(
+            final_record(source, timeout=TRANSFER_TIMEOUT_S),
+            final_record(sink, timeout=TRANSFER_TIMEOUT_S),
+            "kernel",
+            path,
+        )
         inbound_s = time.monotonic() - t0
 
         # The stack first, so that the relay has seen every frame the stack sent.
