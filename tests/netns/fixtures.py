@@ -13,6 +13,7 @@ import select
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "final_record",
     "leftovers",
     "netns_pair",
+    "next_event",
     "probe",
     "receiver",
     "require_netns",
@@ -173,6 +175,25 @@ def wait_event(
         _, err = proc.communicate()
         raise AssertionError(f"expected {event!r}, got {line!r}: {err.strip()[-2000:]}")
     return record
+
+
+def next_event(proc: subprocess.Popen[str], event: str, timeout: float = 30.0) -> dict[str, Any]:
+    """The next stdout JSON line of `proc` whose event is `event` (others are skipped)."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([proc.stdout], [], [], left)
+        if not ready:
+            break
+        line = proc.stdout.readline()
+        if not line:
+            break
+        record = json.loads(line)
+        if record.get("event") == event:
+            return record
+    proc.kill()
+    _, err = proc.communicate()
+    raise AssertionError(f"no {event!r} line from {proc.args[-8:]}: {err[-3000:]}")
 
 
 def final_record(proc: subprocess.Popen[str], timeout: float = 60.0) -> dict[str, Any]:

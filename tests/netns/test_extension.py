@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import time
@@ -25,7 +24,7 @@ import pytest
 from guest.stack.factored import sandbox, uring
 from guest.testing.netns import ns_cmd
 from guest.testing.netns_chain import VethChain, offloads_off, veth_chain
-from tests.netns.fixtures import check, require_netns, result, start
+from tests.netns.fixtures import check, next_event, require_netns, result, start
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
@@ -61,25 +60,6 @@ def chain() -> Iterator[VethChain]:
         yield c
 
 
-def _line(proc: subprocess.Popen[str], event: str, timeout: float = 30.0) -> dict[str, Any]:
-    """The next stdout JSON line of `proc` whose event is `event` (others are skipped)."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([proc.stdout], [], [], left)
-        if not ready:
-            break
-        line = proc.stdout.readline()
-        if not line:
-            break
-        record = json.loads(line)
-        if record.get("event") == event:
-            return record
-    proc.kill()
-    _, err = proc.communicate()
-    raise AssertionError(f"no {event!r} line from the extension: {err[-3000:]}")
-
-
 class Extension:
     """The supervisor on M, always stopped (and its stopped line kept) by `close`."""
 
@@ -91,7 +71,7 @@ class Extension:
             *("--addr", f"{c.if_ma}={MA}/24", "--addr", f"{c.if_mb}={MB}/24"),
             *extra,
         )
-        self.ready = _line(self.proc, "ready")
+        self.ready = next_event(self.proc, "ready")
         self.pid = int(self.ready["extension"]["pid"])
 
     def close(self) -> dict[str, Any]:
@@ -200,8 +180,8 @@ def test_killed_mid_stream_it_is_restarted_and_the_stream_completes(chain: VethC
         assert source.poll() is None, "the stream ended before the kill: make it longer"
         killed = time.monotonic()
         os.kill(ext.pid, signal.SIGKILL)
-        died = _line(ext.proc, "died", timeout=5)
-        restarted = _line(ext.proc, "restarted", timeout=5)
+        died = next_event(ext.proc, "died", timeout=5)
+        restarted = next_event(ext.proc, "restarted", timeout=5)
         seen = time.monotonic() - killed
         src = result(source, timeout=120)
         got = result(sink, timeout=30)
@@ -229,7 +209,7 @@ ATTACKS = {
 
 def _attacked(ext: Extension) -> dict[str, str]:
     os.kill(ext.pid, signal.SIGUSR1)
-    results = _line(ext.proc, "attacks")["results"]
+    results = next_event(ext.proc, "attacks")["results"]
     print("attacks", json.dumps(results, indent=1))
     assert set(results) == ATTACKS, results
     return results

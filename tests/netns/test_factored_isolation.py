@@ -13,13 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import select
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,7 +25,7 @@ from guest.stack.factored import sandbox, uring
 from guest.stack.factored.boundaries import BOUNDARIES
 from guest.stack.session.client import StackClient
 from guest.testing.netns import VethPair
-from tests.netns.fixtures import netns_pair, start
+from tests.netns.fixtures import netns_pair, next_event, start
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -46,25 +44,6 @@ def pair() -> Iterator[VethPair]:
         yield p
 
 
-def _line(proc: subprocess.Popen[str], event: str, timeout: float = 30.0) -> dict[str, Any]:
-    """The next stdout JSON line of `proc` whose event is `event` (others are skipped)."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([proc.stdout], [], [], left)
-        if not ready:
-            break
-        line = proc.stdout.readline()
-        if not line:
-            break
-        record = json.loads(line)
-        if record.get("event") == event:
-            return record
-    proc.kill()
-    _, err = proc.communicate()
-    raise AssertionError(f"no {event!r} line from {proc.args[-8:]}: {err[-2000:]}")
-
-
 class Stack:
     """The factored stack on side A, started with `--attackable`, always torn down."""
 
@@ -81,7 +60,7 @@ class Stack:
             "--attackable",
             *extra,
         )
-        self.ready = _line(self.proc, "ready")
+        self.ready = next_event(self.proc, "ready")
         self.pids = {role: d["pid"] for role, d in self.ready["domains"].items()}
 
     def close(self) -> str:
@@ -103,7 +82,7 @@ def _sink(pair: VethPair, port: int) -> subprocess.Popen[str]:
 
 def _attack(stack: Stack) -> dict[str, str]:
     os.kill(stack.pids["protocol"], signal.SIGUSR1)
-    return _line(stack.proc, "attacks")["results"]
+    return next_event(stack.proc, "attacks")["results"]
 
 
 #: How many attacks each driver<->protocol boundary (`--link`) has: kernel rings shared with
@@ -216,7 +195,7 @@ def test_a_crashed_protocol_domain_is_detected_and_reported(pair: VethPair, tmp_
         conn.sendall(b"y" * 10_000)
         os.kill(stack.pids["protocol"], signal.SIGKILL)
 
-        died = _line(stack.proc, "domain-died")
+        died = next_event(stack.proc, "domain-died")
         assert died["domain"] == "protocol" and "SIGKILL" in died["how"], died
         stack.proc.wait(timeout=30)
         assert stack.proc.returncode == 3
