@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +40,22 @@ def unique_lab_name(prefix: str = "t") -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     _made.append(name)
     return name
+
+
+def start_keeper(config: Path, name: str, ignore_sigint: bool = False) -> subprocess.Popen:
+    """`host.keeper` owning lab `name` of `config` in its own process, its stdout and stderr
+    on one pipe; a test must make sure it does not outlive it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "host.keeper", str(config), "--name", name],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        if ignore_sigint
+        else None,
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 from host.paths import labs_dir
@@ -39,3 +40,13 @@ def leftovers(lab: str, ports: list[int], run_dir: str | None = None) -> dict[st
         "overlays": [str(p) for p in Path(run_dir or labs_dir() / lab).glob("*.qcow2")],
     }
     return {k: v for k, v in found.items() if v}
+
+
+def wait_clean(lab: str, ports: list[int], run_dir: str, timeout: float = 60) -> dict:
+    """`leftovers()` once there are none, or what is still there after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = leftovers(lab, ports, run_dir)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)

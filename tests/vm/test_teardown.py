@@ -15,34 +15,10 @@ from host.accel import accel_for
 from host.config import load_lab
 from host.lab import Lab, LabState
 from host.paths import PROJECT_ROOT
-from tests.vm.conftest import DEFAULT_CONFIG, unique_lab_name
-from tests.vm.leftovers import domains_of, leftovers
+from tests.vm.conftest import DEFAULT_CONFIG, start_keeper, unique_lab_name
+from tests.vm.leftovers import domains_of, leftovers, wait_clean
 
 BROKEN = PROJECT_ROOT / "tests" / "configs" / "broken"
-
-
-def _wait_clean(lab: str, ports: list[int], run_dir: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        left = leftovers(lab, ports, run_dir)
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.5)
-
-
-def _start_keeper(name: str, ignore_sigint: bool = False) -> subprocess.Popen:
-    """A lab owner in its own process; `_reap` makes sure no failing test leaves it running."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "host.keeper", str(DEFAULT_CONFIG), "--name", name],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-        if ignore_sigint
-        else None,
-    )
 
 
 def _reap(keeper: subprocess.Popen) -> None:
@@ -79,7 +55,7 @@ def test_ctrl_c_during_bring_up_tears_everything_down():
     name = unique_lab_name("ti")
     # Started with SIGINT ignored, as a background job of a script would be: the owner must
     # still take Ctrl-C.
-    keeper = _start_keeper(name, ignore_sigint=True)
+    keeper = start_keeper(DEFAULT_CONFIG, name, ignore_sigint=True)
     try:
         state = _wait_for_domains(name, 2)  # domains exist, guests still booting
         keeper.send_signal(signal.SIGINT)
@@ -89,12 +65,12 @@ def test_ctrl_c_during_bring_up_tears_everything_down():
         _reap(keeper)
     assert "READY" not in out, "the interrupt came too late to test an interrupted bring-up"
     ports = [n.ssh_port for n in state.nodes]
-    assert _wait_clean(name, ports, state.run_dir, timeout=10) == {}
+    assert wait_clean(name, ports, state.run_dir, timeout=10) == {}
 
 
 def test_sigkilled_owner_leaves_nothing_behind():
     name = unique_lab_name("tk")
-    keeper = _start_keeper(name)
+    keeper = start_keeper(DEFAULT_CONFIG, name)
     try:
         for line in keeper.stdout:
             if line.startswith("READY") or line.startswith("FAILED"):
@@ -106,7 +82,7 @@ def test_sigkilled_owner_leaves_nothing_behind():
     finally:
         _reap(keeper)  # SIGKILL: no teardown code of ours runs in the owner
     # libvirt's AUTODESTROY kills the domains, the guardian removes the files
-    assert _wait_clean(name, ports, state.run_dir, timeout=60) == {}
+    assert wait_clean(name, ports, state.run_dir, timeout=60) == {}
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -30,8 +29,8 @@ from host.paths import PROJECT_ROOT, labs_dir, slots_dir
 from host.slots import node_loopback
 from host.ssh import traffic_command
 from host.virt import connect, tagged_domains
-from tests.vm.conftest import DEFAULT_CONFIG, unique_lab_name
-from tests.vm.leftovers import guardian_processes_of, leftovers, qemu_processes_of
+from tests.vm.conftest import DEFAULT_CONFIG, start_keeper, unique_lab_name
+from tests.vm.leftovers import guardian_processes_of, leftovers, qemu_processes_of, wait_clean
 from tests.vm.streams import checked_stream, result
 
 CHAIN_CONFIG = PROJECT_ROOT / "configs" / "chain.yaml"
@@ -284,14 +283,7 @@ class TestSideBySide:
 
 def _start_chain_keeper(name: str) -> tuple[subprocess.Popen, queue.Queue]:
     """A chain lab owner in its own process, and a queue of its output lines (None at EOF)."""
-    keeper = subprocess.Popen(
-        [sys.executable, "-m", "host.keeper", str(CHAIN_CONFIG), "--name", name],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-    )
+    keeper = start_keeper(CHAIN_CONFIG, name)
     lines: queue.Queue = queue.Queue()
 
     def read() -> None:
@@ -318,15 +310,6 @@ def _wait_ready(lines: queue.Queue, timeout: float) -> str:
         if line.startswith(("READY", "FAILED")):
             return line
     return "".join(said) or "(nothing)"
-
-
-def _wait_clean(lab: str, ports: list[int], run_dir: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        left = leftovers(lab, ports, run_dir)
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.5)
 
 
 def test_sigkilled_chain_owner_leaves_the_other_lab_running():
@@ -357,7 +340,7 @@ def test_sigkilled_chain_owner_leaves_the_other_lab_running():
             os.kill(keeper.pid, signal.SIGKILL)
             keeper.wait(timeout=30)
             t0 = time.monotonic()
-            left = _wait_clean(chain_name, ports, chain.run_dir, timeout=60)
+            left = wait_clean(chain_name, ports, chain.run_dir, timeout=60)
             print(f"chain gone {time.monotonic() - t0:.1f} s after SIGKILL")
             assert left == {}
             assert _slot_holder(chain.slot) is None
