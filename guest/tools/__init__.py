@@ -11,7 +11,7 @@ Each is run by name, `python3 -m guest.tools.NAME`, in a namespace, on a host or
 * `proxy`: a TCP relay over kernel sockets for a middle node, copying through user space or
   moving pages with splice(), counting the system calls and copies either way.
 
-`argtypes` is no program: it holds the command-line value types the tools share.
+`cli` is no program: it holds what the tools' command lines share (option types, stop signals).
 
 A tool may import any layer of `guest.stack` and the shared stand-ins in `guest.testing`; no
 layer imports a tool.

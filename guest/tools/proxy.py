@@ -34,8 +34,7 @@ descriptors open at the end that were not open at the start, as a check of exact
 A bad address or a listen port in use is reported on stderr with exit status 1.
 
 `guest.tools.stack_proxy` relays the same way on our own stack and takes from here what the two
-share: the connection counters and their report, the event lines, the common options and the
-stop signals.
+share: the connection counters and their report, the event lines and the common options.
 """
 
 from __future__ import annotations
@@ -47,14 +46,13 @@ import fcntl
 import json
 import os
 import selectors
-import signal
 import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
-from .argtypes import non_negative_int, positive_int
+from .cli import non_negative_int, positive_int, stop_on_signals
 
 MODES = ("socket", "splice")
 DIRECTIONS = ("client_to_server", "server_to_client")
@@ -657,19 +655,6 @@ def add_relay_options(ap: argparse.ArgumentParser, *, buffer_help: str) -> None:
         metavar="BYTES",
         help=f"{buffer_help} (default %(default)d)",
     )
-
-
-def stop_on_signals() -> Callable[[], bool]:
-    """Make SIGTERM and SIGINT ask to stop; the returned function says whether one has."""
-    stop = False
-
-    def request_stop(*_args: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    return lambda: stop
 
 
 def _open_fds() -> set[int]:

@@ -46,7 +46,6 @@ import json
 import os
 import random
 import select
-import signal
 import socket
 import struct
 import sys
@@ -56,7 +55,7 @@ from dataclasses import asdict, replace
 
 from guest.testing.impairment import ImpairedLink, LinkConfig
 
-from .argtypes import non_negative
+from .cli import non_negative, stop_on_signals
 
 ETH_P_ALL = 0x0003
 ETH_HLEN = 14
@@ -394,14 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
     relay = Relay(config, args.seed)
-    stop = False
-
-    def request_stop(*_args: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    should_stop = stop_on_signals()
     socks = [open_port(args.a)]
     try:
         socks.append(open_port(args.b))
@@ -411,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         ready["config"] = asdict(config)
         print(json.dumps(ready), flush=True)
         started = time.monotonic()
-        serve(relay, socks, lambda: stop)
+        serve(relay, socks, should_stop)
         elapsed = time.monotonic() - started
     finally:
         for sock in socks:

@@ -65,7 +65,7 @@ from guest.traffic.appdomain import APP_UID, AppDomainError, run_confined
 from guest.traffic.errors import TrafficError
 from guest.traffic.userstack import FactoredProvider, MonoProvider
 
-from .argtypes import positive_int
+from .cli import positive_int, stop_on_signals
 from .proxy import (
     DEFAULT_BUFFER,
     DEFAULT_MAX_CONNS,
@@ -74,7 +74,6 @@ from .proxy import (
     connection_report,
     endpoint_arg,
     log_event,
-    stop_on_signals,
 )
 
 PATHS = ("mono", "factored")

@@ -1,12 +1,14 @@
-"""Command-line value types the tools share: numbers with a lower bound.
+"""What the tools' command lines share: option types for numbers with a lower bound, and the
+SIGTERM/SIGINT handling of a tool that runs until it is stopped.
 
-Each is an argparse `type=`: it returns the value or raises `argparse.ArgumentTypeError`, whose
-message argparse prints as it is (`argument --buffer: must be >= 1: '0'`).
+Each type is an argparse `type=`: it returns the value or raises `argparse.ArgumentTypeError`,
+whose message argparse prints as it is (`argument --buffer: must be >= 1: '0'`).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -32,3 +34,16 @@ def at_least(convert: Callable[[str], N], minimum: N, what: str) -> Callable[[st
 positive_int = at_least(int, 1, "an integer")
 non_negative_int = at_least(int, 0, "an integer")
 non_negative = at_least(float, 0.0, "a number")
+
+
+def stop_on_signals() -> Callable[[], bool]:
+    """Make SIGTERM and SIGINT ask to stop; the returned function says whether one has."""
+    stop = False
+
+    def request_stop(*_args: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return lambda: stop
