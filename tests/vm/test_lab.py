@@ -64,6 +64,17 @@ def test_kernel_request_response(lab):
 NETEM = "delay 1ms loss 2% duplicate 1% corrupt 0.5% reorder 10% 50%"
 
 
+def _listening(sink):
+    """`sink` once it listens. The source is started only then: a user-level sink takes its
+    NIC over first, and until it has, a's kernel answers the source's SYNs with resets (seen
+    once in CI: a minute of refused connects, with nothing to say why). If the sink never
+    listens, its own output says why."""
+    if not sink.wait_for_stderr('"event": "listening"', timeout=120):
+        done = sink.wait(timeout=10)
+        raise AssertionError(f"the sink never listened:\n{done.stdout}\n{done.stderr}")
+    return sink
+
+
 @pytest.mark.parametrize("path", ["mono", "factored"])
 def test_user_stack_survives_a_bad_link_both_ways(lab, path):
     """Our stack on a (one process, or confined domains), Linux on b, netem impairing both
@@ -82,7 +93,7 @@ def test_user_stack_survives_a_bad_link_both_ways(lab, path):
     for g in (a, b):
         g.run(f"tc qdisc replace dev eth1 root netem {NETEM}").check()
     try:
-        sink = b.start(traffic_command("sink", f"--bind {ip_b} --port 6101"))
+        sink = _listening(b.start(traffic_command("sink", f"--bind {ip_b} --port 6101")))
         src = result(
             a.run(
                 traffic_command(
@@ -97,7 +108,7 @@ def test_user_stack_survives_a_bad_link_both_ways(lab, path):
         assert src["bytes"] == got["bytes"] == nbytes
         assert src["sha256"] == got["sha256"]
 
-        sink = a.start(traffic_command("sink", f"{mono} --port 6102"))
+        sink = _listening(a.start(traffic_command("sink", f"{mono} --port 6102")))
         src = result(
             b.run(
                 traffic_command(
