@@ -186,9 +186,16 @@ class RunningCommand:
         """Read the command's output until `text` appears on its stderr (a server's
         "listening" event): True, or False if the command ended or `timeout` passed first.
         What is read is kept for `wait()`."""
+        return self._wait_for(self._err, text, timeout)
+
+    def wait_for_stdout(self, text: str, timeout: float) -> bool:
+        """As `wait_for_stderr`, for a command that says it is ready on its stdout."""
+        return self._wait_for(self._out, text, timeout)
+
+    def _wait_for(self, stream: io.BytesIO, text: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         needle = text.encode()
-        while needle not in self._err.getvalue():
+        while needle not in stream.getvalue():
             if self.chan.recv_ready():
                 self._out.write(self.chan.recv(65536))
             elif self.chan.recv_stderr_ready():
