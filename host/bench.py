@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from host.capture import Bounds, Capture, CaptureError, CaptureResult
-from host.config import ExperimentConfig, LabConfig
+from host.config import ExperimentConfig, LabConfig, LinkConfig
 from host.experiments import EXPERIMENT_TYPES, BenchError, Target
 from host.forwarding import FORWARD_MODES, ForwardedRun, Middle, Side, Transit, forwarded
 from host.lab import LabState, set_impairments
@@ -86,6 +86,12 @@ def _nic(state: LabState, node: str, link: str) -> str | None:
     return next((n["name"] for n in state.node(node).nics if n["link"] == link), None)
 
 
+def _side(state: LabState, node: str, link: LinkConfig) -> Side:
+    """`node`'s end of `link`: its address, NIC and the link's prefix length."""
+    addr = link.address_of(node)
+    return Side(link.name, str(addr.ip), _nic(state, node, link.name), addr.network.prefixlen)
+
+
 def transit(
     config: LabConfig,
     state: LabState,
@@ -103,8 +109,8 @@ def transit(
             Middle(
                 node,
                 guests(node),
-                Side(up.name, str(up.address_of(node).ip), _nic(state, node, up.name)),
-                Side(down.name, str(down.address_of(node).ip), _nic(state, node, down.name)),
+                _side(state, node, up),
+                _side(state, node, down),
                 str(down.address_of(nxt).ip),
             )
         )

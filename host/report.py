@@ -201,7 +201,7 @@ def forwarding_table(data: dict) -> Table | None:
     table = Table(title="middle nodes (medians over the runs)", title_justify="left")
     for col in ("experiment", "forward", "node"):
         table.add_column(col, justify="left")
-    for col in ("guest CPU", "fwd pkt/s", "relayed MB/s", "syscalls/MB", "user copy MB"):
+    for col in ("guest CPU", "fwd pkt/s", "relayed MB/s", "syscalls/MB", "user copy MB", "drops"):
         table.add_column(col, justify="right")
     for rec, node, f in rows:
         table.add_row(
@@ -213,6 +213,7 @@ def forwarding_table(data: dict) -> Table | None:
             _mb(f.get("relayed_bytes_per_s")),
             _fmt(f.get("syscalls_per_mb"), ".1f"),
             _mb(f.get("user_copy_bytes")),
+            _fmt(f.get("drops"), ".0f"),
         )
     return table
 

@@ -10,7 +10,7 @@ from typing import get_args
 
 import pytest
 
-from host import forwarding
+from host import forwarding, middles
 from host.bench import _record, _target, transit
 from host.config import ExperimentConfig, load_lab
 from host.experiments import EXPERIMENT_TYPES
@@ -36,7 +36,14 @@ GOOD = Path(__file__).resolve().parents[1] / "configs" / "good"
 
 
 def test_the_registry_names_the_lab_files_choices_kernel_first() -> None:
-    assert list(FORWARD_MODES) == ["kernel", "socket-proxy", "splice-proxy"]
+    assert list(FORWARD_MODES) == [
+        "kernel",
+        "socket-proxy",
+        "splice-proxy",
+        "extension",
+        "stack-proxy-mono",
+        "stack-proxy-factored",
+    ]
     assert DEFAULT_MODE == "kernel"
     assert get_args(ExperimentConfig.model_fields["forward"].annotation) == tuple(FORWARD_MODES)
     assert ExperimentConfig.model_fields["forward"].default == DEFAULT_MODE
@@ -45,9 +52,14 @@ def test_the_registry_names_the_lab_files_choices_kernel_first() -> None:
 
 
 def test_proxies_terminate_and_carry_tcp_only() -> None:
-    kernel, socket_proxy, splice_proxy = FORWARD_MODES.values()
+    kernel, extension = FORWARD_MODES["kernel"], FORWARD_MODES["extension"]
     assert not kernel.terminates and not kernel.needs_middle
-    for mode in (socket_proxy, splice_proxy):
+    # The extension forwards IP datagrams, whatever they carry, and terminates nothing.
+    assert not extension.terminates and extension.needs_middle
+    assert all(extension.refuses(kind) is None for kind in EXPERIMENT_TYPES.values())
+    proxies = [m for m in FORWARD_MODES.values() if "proxy" in m.name]
+    assert len(proxies) == 4
+    for mode in proxies:
         assert mode.terminates and mode.needs_middle
         assert mode.refuses(EXPERIMENT_TYPES["ping"]) == (
             f"forward {mode.name} carries TCP only; ping sends ICMP, which it cannot pass on"
@@ -55,7 +67,7 @@ def test_proxies_terminate_and_carry_tcp_only() -> None:
     for kind in EXPERIMENT_TYPES.values():
         assert kernel.refuses(kind) is None
         if kind.transport == "tcp":
-            assert socket_proxy.refuses(kind) is None and splice_proxy.refuses(kind) is None
+            assert all(mode.refuses(kind) is None for mode in proxies)
 
 
 def test_a_mode_may_refuse_a_type_for_a_reason_of_its_own() -> None:
@@ -193,7 +205,7 @@ def test_each_proxy_relays_to_the_next_middle_and_the_last_to_the_server(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = iter(range(0, 100, 2))  # each sample 2 s after the one before
-    monkeypatch.setattr(forwarding.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(middles.time, "monotonic", lambda: float(next(clock)))
     transit_, guests = two_middles()
     with forwarded(FORWARD_MODES["splice-proxy"], transit_) as run:
         assert run.entry == "198.18.1.2"  # the client connects to m on its own link
@@ -261,8 +273,8 @@ def test_the_bench_builds_the_middles_with_their_nics_and_next_hops() -> None:
     m, n = t.middles
     assert (m.node, m.upstream, m.downstream, m.next_ip) == (
         "m",
-        Side("a-m", "198.18.1.2", "eth1"),
-        Side("m-n", "198.18.2.1", "eth2"),
+        Side("a-m", "198.18.1.2", "eth1", 24),
+        Side("m-n", "198.18.2.1", "eth2", 24),
         "198.18.2.2",
     )
     assert (n.node, n.upstream.ip, n.downstream.nic, n.next_ip) == (
@@ -333,12 +345,12 @@ def test_kernel_forwarding_keeps_the_path_label_so_hop_series_stay_whole() -> No
 def test_a_new_mode_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
     """What a mode added later needs from the rest: only its entry (the lab file's Literal is
     built from the registry when host.config is imported)."""
-    mode = ForwardMode("extension", "frames between the NICs", KernelForwarder)
-    monkeypatch.setitem(forwarding.FORWARD_MODES, "extension", mode)
+    mode = ForwardMode("later", "frames between the NICs", KernelForwarder)
+    monkeypatch.setitem(forwarding.FORWARD_MODES, "later", mode)
     transit_, _guests = two_middles()
-    with forwarded(FORWARD_MODES["extension"], transit_) as run:
+    with forwarded(FORWARD_MODES["later"], transit_) as run:
         assert run.entry == "198.18.3.2"
-    assert run.mode == "extension" and set(run.middles) == {"m", "n"}
+    assert run.mode == "later" and set(run.middles) == {"m", "n"}
 
 
 def test_the_proxy_lab_runs_each_type_in_each_mode_against_kernel_forwarding() -> None:
