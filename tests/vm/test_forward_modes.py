@@ -1,6 +1,8 @@
-"""A real chain a - m - b with a proxy on m: the stream from a to b byte-exact through the
-socket and the splice proxy, each proxy's relayed bytes equal to the stream's, and iperf3 (a
-control and a data connection) through the socket proxy as the bench runs it."""
+"""A real chain a - m - b with each forwarding mode on m: the stream from a to b byte-exact
+through the socket and the splice proxy and through the stack proxy (mono and factored), each
+proxy's relayed bytes equal to the stream's; through the forwarding extension, with m's kernel
+forwarding nothing and ping passing too; and iperf3 (a control and a data connection) through
+the socket proxy as the bench runs it."""
 
 from __future__ import annotations
 
@@ -79,3 +81,52 @@ def test_iperf3_through_the_socket_proxy_as_the_bench_runs_it(chain):
     assert all(e["event"] == "connection_failed" for e in failures), failures
     assert stats["client_to_server"]["bytes"] > 1_000_000, stats
     assert record["forward"]["middles"]["m"]["relayed_bytes"] > 1_000_000
+
+
+def _through(chain, mode: str, port: int):
+    """The stream experiment's route with `mode` on m: (forwarded context, a, b, b's address)."""
+    config = chain.config
+    exp = config.experiment(f"{mode}-stream")
+    b = str(config.link("m-b").address_of("b").ip)
+    target = Target(exp, chain.guest("a"), chain.guest("b"), b, port)
+    run = forwarded(
+        FORWARD_MODES[mode], transit(config, chain.state, chain.guest, config.path_of(exp), target)
+    )
+    return run, chain.guest("a"), chain.guest("b"), b
+
+
+@pytest.mark.parametrize("path", ["mono", "factored"])
+def test_stream_through_a_proxy_on_our_own_stack_is_byte_exact_and_fully_relayed(chain, path):
+    ctx, a, b, b_ip = _through(chain, f"stack-proxy-{path}", 6310 + len(path))
+    with ctx as run:
+        assert run.entry == str(chain.config.link("a-m").address_of("m").ip)
+        checked_stream(a, b, b_ip, 6310 + len(path), STREAM_BYTES, seed=7, peer=run.entry)
+    m = run.middles["m"]
+    stats = m["proxy"]["stats"]
+    assert stats["client_to_server"]["bytes"] == STREAM_BYTES, stats
+    assert stats["connections"]["accepted"] == 1 and stats["connections"]["failed"] == 0
+    assert m["relayed_bytes"] == STREAM_BYTES and m["relay_calls_per_mb"] > 0
+    assert m["forwarded_packets"] == 0  # m's kernel routed nothing: our stacks terminated it
+    if path == "factored":
+        assert stats["relay"]["domain"]["confined"] is True, stats["relay"]
+
+
+def test_stream_and_ping_through_the_extension_with_ms_kernel_out_of_the_way(chain):
+    ctx, a, b, b_ip = _through(chain, "extension", 6320)
+    with ctx as run:
+        assert run.entry == b_ip  # a talks to b itself, routed through m
+        checked_stream(a, b, b_ip, 6320, STREAM_BYTES, seed=9)
+        ping = a.run(f"ping -c 3 -i 0.2 -W 5 {b_ip}", timeout=60)
+        assert ping.exit_status == 0 and " 0% packet loss" in ping.stdout, ping.stdout
+    m = run.middles["m"]
+    ext = m["extension"]["extension"]
+    assert m["kernel_forwarded_packets"] == 0, m  # the kernel saw none of it
+    assert m["forwarded_packets"] > STREAM_BYTES // 1500, m  # data one way, ACKs the other
+    assert m["relayed_bytes"] > STREAM_BYTES and ext["bad_checksum"] == 0
+    assert m["extension"]["restarts"] == 0 and m["extension"]["per_frame"]["syscalls_per_frame"] < 1
+    # Given back: m forwards in its kernel again, and a reaches b through it.
+    again = a.run(f"ping -c 2 -i 0.2 -W 5 {b_ip}", timeout=60)
+    assert again.exit_status == 0, again.stdout
+    m_guest = chain.guest("m")
+    addrs = m_guest.run("ip -4 -br addr", timeout=30).stdout
+    assert str(chain.config.link("a-m").address_of("m").ip) in addrs, addrs
