@@ -25,7 +25,8 @@ from host.ssh import CommandResult
 
 __all__ = ["ExtensionForwarder", "StackProxyForwarder", "extension_figures", "stack_proxy_figures"]
 
-#: The extension engine's counters that are frames it dropped (guest/stack/forward/engine.py).
+#: The extension's counters that are frames it dropped: its engine's
+#: (guest/stack/forward/engine.py) and its loop's (a full TX ring, guest/stack/extension/pump.py).
 ENGINE_DROPS = (
     "bad_frame",
     "oversized",
@@ -39,6 +40,7 @@ ENGINE_DROPS = (
     "ttl_expired",
     "frag_needed",
     "queue_drops",
+    "tx_ring_full",
 )
 
 

@@ -86,6 +86,7 @@ def extension_stopped(frames: int = 1000) -> dict:
         "no_route": 2,
         "ttl_expired": 1,
         "queue_drops": 3,
+        "tx_ring_full": 5,
         "poll_wakeups": 50,
         "tx_kicks": 150,
     }
@@ -111,7 +112,7 @@ def test_extension_figures_count_its_own_frames_drops_and_system_calls() -> None
     assert f["kernel_forwarded_packets"] == 3  # the kernel's count, kept apart
     assert (f["forwarded_packets"], f["forwarded_packets_per_s"]) == (1000, 500.0)
     assert (f["relayed_bytes"], f["relayed_bytes_per_s"]) == (1_500_000, 750_000.0)
-    assert (f["drops"], f["ring_drops"]) == (2 + 1 + 3 + 4, 4)
+    assert (f["drops"], f["ring_drops"]) == (2 + 1 + 3 + 5 + 4, 4)
     assert (f["syscalls"], f["syscalls_per_mb"]) == (200, 133.33)
     assert (f["syscalls_per_frame"], f["copies_per_frame"]) == (0.2, 1.0)
     assert f["cpu"] == 0.5 and f["extension"]["incarnations"] == 1
