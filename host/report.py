@@ -303,6 +303,15 @@ def _file_label(data: dict) -> str:
     return f"{data['metadata']['created']} ({data['metadata']['accel']})"
 
 
+def _name_ticks(ax, names: list[str]) -> None:
+    """Experiment names under the bars, slanted more steeply when there are many, so that
+    long names (proxy.yaml's) do not run into each other."""
+    many = len(names) > 6
+    ax.set_xticks(
+        range(len(names)), names, rotation=45 if many else 20, ha="right" if many else "center"
+    )
+
+
 def _plot_bars(ax_tp, ax_lat, runs: list[dict]) -> None:
     """Throughput and latency per experiment, one group of bars per result file."""
     width = 0.8 / len(runs)
@@ -325,7 +334,7 @@ def _plot_bars(ax_tp, ax_lat, runs: list[dict]) -> None:
         ax_tp.bar(
             [j + i * width for j in range(len(tp))], [v or 0 for _, v in tp], width, label=label
         )
-        ax_tp.set_xticks(range(len(tp)), [n for n, _ in tp], rotation=20)
+        _name_ticks(ax_tp, [n for n, _ in tp])
         xs = [j + i * width for j in range(len(lat))]
         ax_lat.bar(xs, [p or 0 for _, p, _ in lat], width, label=f"p50 {label}")
         ax_lat.scatter(
@@ -336,7 +345,7 @@ def _plot_bars(ax_tp, ax_lat, runs: list[dict]) -> None:
             color="k",
             label="p99" if i == 0 else None,
         )
-        ax_lat.set_xticks(range(len(lat)), [n for n, _, _ in lat], rotation=20)
+        _name_ticks(ax_lat, [n for n, _, _ in lat])
     for ax in (ax_tp, ax_lat):
         ax.set_ylim(top=ax.get_ylim()[1] * 1.3)  # room for the legend above the bars
     ax_tp.set_ylabel("Mbit/s")
