@@ -12,6 +12,8 @@ for its runs, one entry of `FORWARD_MODES`:
   link towards the client and connects to the next middle's address on the next link, the last
   to the server's address. The proxies are listening before the run starts the server and the
   client, and are stopped (SIGTERM) after it; each one's final JSON line is its report.
+* `haproxy`: Debian's haproxy on every middle, configured as one TCP relay and otherwise left
+  at its defaults: the established proxy, as a reference row.
 * `extension`: the confined forwarding extension on every middle, moving frames between
   its NICs' rings (host/user_forwarders.py); the client connects to the server, as with
   `kernel`.
@@ -54,6 +56,7 @@ from host.middles import (
     base_figures,
     daemon_command,
     parse_sample,
+    pidfile,
 )
 from host.ssh import CommandResult, GuestError, RunningCommand
 from host.user_forwarders import ExtensionForwarder, StackProxyForwarder
@@ -136,6 +139,53 @@ class ProxyForwarder(DaemonForwarder):
         return proxy_figures(base, stopped, proxy_events(result.stderr))
 
 
+def haproxy_config(middle: Middle, port: int) -> str:
+    """haproxy's configuration for `middle`: one TCP relay, its defaults otherwise (timeouts
+    longer than any run, so that none ends a connection)."""
+    return (
+        "global\n  maxconn 256\n"
+        "defaults\n  mode tcp\n  timeout connect 10s\n  timeout client 600s\n"
+        "  timeout server 600s\n"
+        f"listen relay\n  bind {middle.upstream.ip}:{port}\n"
+        f"  server next {middle.next_ip}:{port}\n"
+    )
+
+
+def haproxy_command(middle: Middle, port: int) -> str:
+    """Writes the configuration next to the pid file and runs haproxy in the foreground."""
+    conf = f"/run/stackbed-haproxy-{port}.cfg"
+    return (
+        f"printf '%s' '{haproxy_config(middle, port)}' > {conf} && echo $$ > "
+        f"{pidfile('haproxy', port)} && exec haproxy -db -f {conf}"
+    )
+
+
+class HaproxyForwarder(DaemonForwarder):
+    """haproxy, Debian's, on every middle: the established proxy as a reference row, as iperf3
+    is for the traffic tool. It reports nothing of its own: its figures are the base ones."""
+
+    name = "haproxy"
+
+    @property
+    def entry(self) -> str:
+        return self.transit.middles[0].upstream.ip
+
+    def command(self, middle: Middle, index: int) -> str:
+        return haproxy_command(middle, self.transit.port)
+
+    def await_ready(self, middle: Middle, cmd: RunningCommand) -> None:
+        wait_listening(middle.guest, self.transit.port)
+
+    def report(self, result: CommandResult) -> dict | None:
+        # SIGTERM stops haproxy at once: status 0, or 143 / -1 (SSH's "ended by a signal").
+        if result.exit_status not in (0, 143, -1):
+            return None
+        return {"event": "stopped", "exit_status": result.exit_status}
+
+    def figures(self, middle: Middle, base: dict, stopped: dict, result: CommandResult) -> dict:
+        return {**base, "haproxy": {**stopped, "stderr": result.stderr.strip()[-400:]}}
+
+
 # --------------------------------------------------------------------------- the registry
 
 
@@ -191,6 +241,13 @@ FORWARD_MODES: dict[str, ForwardMode] = {
             "splice-proxy",
             "a TCP relay over kernel sockets on every middle (splice, no user copy)",
             lambda transit: ProxyForwarder(transit, "splice"),
+            carries=frozenset({"tcp"}),
+            terminates=True,
+        ),
+        ForwardMode(
+            "haproxy",
+            "Debian's haproxy on every middle, its defaults: an established TCP proxy",
+            HaproxyForwarder,
             carries=frozenset({"tcp"}),
             terminates=True,
         ),

@@ -222,6 +222,10 @@ class DaemonForwarder(Forwarder):
     def figures(self, middle: Middle, base: dict, stopped: dict, result: CommandResult) -> dict:
         """The middle's figures from its base figures and the program's stopped line."""
 
+    def report(self, result: CommandResult) -> dict | None:
+        """The program's report once stopped: its stopped line (None if it printed none)."""
+        return stopped_line(result.stdout)
+
     def await_ready(self, middle: Middle, cmd: RunningCommand) -> None:
         """Returns once the program on `middle` said it is ready; BenchError if it cannot."""
         if cmd.wait_for_stdout('"event": "ready"', self.READY_TIMEOUT_S):
@@ -265,7 +269,7 @@ class DaemonForwarder(Forwarder):
             except GuestError as err:
                 problems.append(f"{middle.node}: stopping the {self.name}: {err}")
                 continue
-            stopped = stopped_line(result.stdout)
+            stopped = self.report(result)
             if stopped is None:
                 problems.append(
                     f"{middle.node}: the {self.name} gave no report (exit {result.exit_status}): "

@@ -40,6 +40,7 @@ def test_the_registry_names_the_lab_files_choices_kernel_first() -> None:
         "kernel",
         "socket-proxy",
         "splice-proxy",
+        "haproxy",
         "extension",
         "stack-proxy-mono",
         "stack-proxy-factored",
@@ -58,7 +59,7 @@ def test_proxies_terminate_and_carry_tcp_only() -> None:
     assert not extension.terminates and extension.needs_middle
     assert all(extension.refuses(kind) is None for kind in EXPERIMENT_TYPES.values())
     proxies = [m for m in FORWARD_MODES.values() if "proxy" in m.name]
-    assert len(proxies) == 4
+    assert len(proxies) == 5  # socket, splice, haproxy and the two on our stack
     for mode in proxies:
         assert mode.terminates and mode.needs_middle
         assert mode.refuses(EXPERIMENT_TYPES["ping"]) == (
@@ -407,3 +408,19 @@ def test_a_client_behind_a_proxy_waits_for_the_server_to_listen_and_nothing_is_l
     assert result.stderr == '{"event": "listening"}\nlate\n'
     ended = RunningCommand("b", "sink", FakeChannel([], [b"error\n"]))  # type: ignore[arg-type]
     assert not ended.wait_for_stderr('"event": "listening"', timeout=5)
+
+
+def test_haproxy_relays_from_the_middles_upstream_address_to_the_next_hop() -> None:
+    from host.forwarding import HaproxyForwarder, haproxy_command, haproxy_config
+
+    transit_, _guests = two_middles()
+    conf = haproxy_config(transit_.middles[1], 5004)
+    assert "mode tcp" in conf and "bind 198.18.2.2:5004" in conf
+    assert "server next 198.18.3.2:5004" in conf
+    cmd = haproxy_command(transit_.middles[1], 5004)
+    assert "echo $$ > /run/stackbed-haproxy-5004.pid && exec haproxy -db -f " in cmd
+    forwarder = HaproxyForwarder(transit_)
+    assert forwarder.entry == "198.18.1.2"
+    stopped = CommandResult("haproxy", -1, "", "")  # ended by its SIGTERM
+    assert forwarder.report(stopped) == {"event": "stopped", "exit_status": -1}
+    assert forwarder.report(CommandResult("haproxy", 1, "", "[ALERT] cannot bind")) is None

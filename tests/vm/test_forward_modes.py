@@ -1,8 +1,8 @@
 """A real chain a - m - b with each forwarding mode on m: the stream from a to b byte-exact
 through the socket and the splice proxy and through the stack proxy (mono and factored), each
 proxy's relayed bytes equal to the stream's; through the forwarding extension, with m's kernel
-forwarding nothing and ping passing too; and iperf3 (a control and a data connection) through
-the socket proxy as the bench runs it."""
+forwarding nothing and ping passing too; through Debian's haproxy; and iperf3 (a control and a
+data connection) through the socket proxy as the bench runs it."""
 
 from __future__ import annotations
 
@@ -130,3 +130,13 @@ def test_stream_and_ping_through_the_extension_with_ms_kernel_out_of_the_way(cha
     m_guest = chain.guest("m")
     addrs = m_guest.run("ip -4 -br addr", timeout=30).stdout
     assert str(chain.config.link("a-m").address_of("m").ip) in addrs, addrs
+
+
+def test_stream_through_haproxy_on_m_is_byte_exact(chain):
+    ctx, a, b, b_ip = _through(chain, "haproxy", 6330)
+    with ctx as run:
+        assert run.entry == str(chain.config.link("a-m").address_of("m").ip)
+        checked_stream(a, b, b_ip, 6330, STREAM_BYTES, seed=11, peer=run.entry)
+    m = run.middles["m"]
+    assert m["forwarded_packets"] == 0 and m["cpu"] is not None  # relayed, not routed
+    assert m["haproxy"]["event"] == "stopped", m
