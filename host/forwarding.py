@@ -151,9 +151,13 @@ def haproxy_config(middle: Middle, port: int) -> str:
     )
 
 
+def haproxy_conf(port: int) -> str:
+    return f"/run/stackbed-haproxy-{port}.cfg"
+
+
 def haproxy_command(middle: Middle, port: int) -> str:
     """Writes the configuration next to the pid file and runs haproxy in the foreground."""
-    conf = f"/run/stackbed-haproxy-{port}.cfg"
+    conf = haproxy_conf(port)
     return (
         f"printf '%s' '{haproxy_config(middle, port)}' > {conf} && echo $$ > "
         f"{pidfile('haproxy', port)} && exec haproxy -db -f {conf}"
@@ -175,6 +179,9 @@ class HaproxyForwarder(DaemonForwarder):
 
     def await_ready(self, middle: Middle, cmd: RunningCommand) -> None:
         wait_listening(middle.guest, self.transit.port)
+
+    def files(self) -> list[str]:
+        return [haproxy_conf(self.transit.port)]
 
     def report(self, result: CommandResult) -> dict | None:
         # SIGTERM stops haproxy at once: status 0, or 143 / -1 (SSH's "ended by a signal").

@@ -222,6 +222,10 @@ class DaemonForwarder(Forwarder):
     def figures(self, middle: Middle, base: dict, stopped: dict, result: CommandResult) -> dict:
         """The middle's figures from its base figures and the program's stopped line."""
 
+    def files(self) -> list[str]:
+        """Files the command leaves on the middle besides its pid file, removed at the stop."""
+        return []
+
     def report(self, result: CommandResult) -> dict | None:
         """The program's report once stopped: its stopped line (None if it printed none)."""
         return stopped_line(result.stdout)
@@ -261,10 +265,11 @@ class DaemonForwarder(Forwarder):
         except (BenchError, GuestError) as err:
             problems.append(str(err))
         pid = pidfile(self.name, self.transit.port)
+        files = " ".join([pid, *self.files()])
         out: dict[str, dict] = {}
         for middle, cmd in self._running:
             try:
-                middle.guest.run(f"kill -TERM $(cat {pid}) 2>/dev/null; rm -f {pid}", timeout=30)
+                middle.guest.run(f"kill -TERM $(cat {pid}) 2>/dev/null; rm -f {files}", timeout=30)
                 result = cmd.wait(timeout=STOP_TIMEOUT_S)
             except GuestError as err:
                 problems.append(f"{middle.node}: stopping the {self.name}: {err}")

@@ -421,6 +421,7 @@ def test_haproxy_relays_from_the_middles_upstream_address_to_the_next_hop() -> N
     assert "echo $$ > /run/stackbed-haproxy-5004.pid && exec haproxy -db -f " in cmd
     forwarder = HaproxyForwarder(transit_)
     assert forwarder.entry == "198.18.1.2"
+    assert forwarder.files() == ["/run/stackbed-haproxy-5004.cfg"]  # removed at the stop
     stopped = CommandResult("haproxy", -1, "", "")  # ended by its SIGTERM
     assert forwarder.report(stopped) == {"event": "stopped", "exit_status": -1}
     assert forwarder.report(CommandResult("haproxy", 1, "", "[ALERT] cannot bind")) is None

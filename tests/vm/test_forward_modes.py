@@ -140,3 +140,5 @@ def test_stream_through_haproxy_on_m_is_byte_exact(chain):
     m = run.middles["m"]
     assert m["forwarded_packets"] == 0 and m["cpu"] is not None  # relayed, not routed
     assert m["haproxy"]["event"] == "stopped", m
+    left = chain.guest("m").run("ls /run/stackbed-haproxy-6330.* 2>/dev/null", timeout=30)
+    assert left.stdout.strip() == "", left.stdout  # its configuration and pid file removed
