@@ -203,7 +203,8 @@ def test_killed_mid_stream_it_is_restarted_and_the_stream_completes(chain: VethC
 ATTACKS = {
     "open_socket", "open_packet_socket", "open_file", "open_supervisor_memory",
     "ptrace_supervisor", "signal_supervisor", "spawn_process", "set_nic_mtu", "set_nic_flags",
-    "make_code_writable", "map_uring_entries", "create_uring", "register_on_uring",
+    "set_nic_address", "make_code_writable", "map_uring_entries", "create_uring",
+    "register_on_uring",
 }  # fmt: skip
 
 

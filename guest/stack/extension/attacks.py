@@ -5,10 +5,11 @@ receives SIGUSR1, between two batches of its loop; each attack reports `denied` 
 error) or `SUCCEEDED` (what it managed), on the supervisor's stdout as
 `{"event": "attacks", ...}`. The attacks that apply to any confined domain are the factored
 stack's (`guest.stack.factored.attacks`), aimed at the supervisor; the ones added here are what
-an extension holding two NICs' rings would try next: reconfigure a NIC, attach to the
-supervisor for real, make code writable. In the unconfined control every one must succeed
-without disturbing the forwarding, so each that gets through undoes what it did (the MTU and
-flags are set to the values they already have, the tracee is detached, the page protected back).
+an extension holding two NICs' rings would try next: reconfigure a NIC (MTU, flags, address),
+attach to the supervisor for real, make code writable. In the unconfined control every one
+must succeed without disturbing the forwarding, so each that gets through undoes what it did
+(the MTU and flags are set to the values they already have, the address added is removed, the
+tracee is detached, the page protected back).
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ _LIBC.ioctl.restype = ctypes.c_int
 PTRACE_ATTACH, PTRACE_DETACH = 16, 17
 SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
 SIOCGIFMTU, SIOCSIFMTU = 0x8921, 0x8922
+SIOCSIFADDR = 0x8916
 _IFREQ = struct.Struct("16sH22x")  # ifr_name, then ifr_flags / ifr_mtu (as a short / int)
 _IFREQ_MTU = struct.Struct("16si20x")
+_IFREQ_ADDR = struct.Struct("16sH2s4s8x")  # ifr_name, then a sockaddr_in (family, port, addr)
+#: What the address attack gives the NIC: from the benchmarking range, on no link.
+PROBE_ADDR = "198.18.255.254"
 
 
 def _ioctl_every_fd(request: int, ifreq: bytes) -> list[str]:
@@ -85,6 +90,27 @@ class ExtensionAttacks:
     def set_nic_flags(self) -> None:
         self._nic_ioctl(SIOCGIFFLAGS, SIOCSIFFLAGS, _IFREQ, "flags")
 
+    def set_nic_address(self) -> None:
+        """Give the NIC an IPv4 address of our choosing (the kernel would then take frames for
+        it): through a socket of its own, then through every fd the extension holds. If that
+        worked, the address is removed again at once (0.0.0.0 deletes it, as `ifconfig IF
+        0.0.0.0` does), so that the control run's NIC stays as the supervisor set it."""
+        name = self.nics[0].encode()
+
+        def ifreq(addr: str) -> bytes:
+            return _IFREQ_ADDR.pack(name, socket.AF_INET, bytes(2), socket.inet_aton(addr))
+
+        errors: list[str] = []
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                fcntl.ioctl(s, SIOCSIFADDR, ifreq(PROBE_ADDR))
+                fcntl.ioctl(s, SIOCSIFADDR, ifreq("0.0.0.0"))
+                raise Succeeded(f"gave {self.nics[0]} the address {PROBE_ADDR} (and removed it)")
+        except OSError as e:
+            errors.append(f"own socket: {e}")
+        errors += _ioctl_every_fd(SIOCSIFADDR, ifreq(PROBE_ADDR))
+        raise PermissionError(f"address: {'; '.join(errors)}")
+
     def ptrace_supervisor(self) -> None:
         """Attach to the supervisor (root, holding the packet sockets); detach at once if that
         worked, so that the control run's supervisor goes on."""
@@ -119,6 +145,7 @@ class ExtensionAttacks:
             "spawn_process": c.spawn_process,
             "set_nic_mtu": self.set_nic_mtu,
             "set_nic_flags": self.set_nic_flags,
+            "set_nic_address": self.set_nic_address,
             "make_code_writable": self.make_code_writable,
             "map_uring_entries": c.map_uring_entries,
             "create_uring": c.create_uring,
