@@ -201,6 +201,11 @@ def test_retransmitted_syn_in_syn_received_resends_syn_ack() -> None:
     conn.receive_segment(to_server(CLIENT_ISN, 0, "S"), 0.5)
     (again,) = conn.poll(0.5)
     assert letters(again) == "SA" and again.seq == SERVER_ISN
+    # Counted as the resend it is: a wire watcher sees the SYN-ACK's sequence space twice.
+    assert (conn.stats.retransmits_fast, conn.stats.retransmits_timeout) == (1, 0)
+    conn.receive_segment(to_server(CLIENT_ISN, 0, "S"), 0.6)
+    conn.receive_segment(to_server(CLIENT_ISN, 0, "S"), 0.6)  # both before we send: one answer
+    assert len(conn.poll(0.6)) == 1 and conn.stats.retransmits_fast == 2
 
 
 def test_syn_ack_retransmission_until_give_up_and_listener_forgets() -> None:

@@ -527,6 +527,8 @@ class TcpConnection:
         figure 8): its SYN is old news, its ACK completes our half of the handshake.
         """
         if not flags & (_ACK | _RST | _FIN):
+            if not self._syn_pending:  # one more SYN-ACK on the wire: a resend, counted
+                self._stats.retransmits_fast += 1
             self._syn_pending = True
             return None
         if flags & _ACK and not flags & _RST:

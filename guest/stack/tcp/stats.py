@@ -20,7 +20,8 @@ class TcpStats:
     bytes_retransmitted: int = 0
     #: Segments resent after the retransmission timer expired (go-back-N resends included).
     retransmits_timeout: int = 0
-    #: Segments resent by fast retransmit or on NewReno partial ACKs.
+    #: Segments resent by fast retransmit or on NewReno partial ACKs, and SYN-ACKs resent
+    #: because the peer's SYN came again (not by our timer: those count as timeouts).
     retransmits_fast: int = 0
     #: Expirations of the retransmission timer (SYN and data).
     timeouts: int = 0
