@@ -57,6 +57,7 @@ from host.middles import (
     daemon_command,
     parse_sample,
     pidfile,
+    relayed_figures,
 )
 from host.ssh import CommandResult, GuestError, RunningCommand
 from host.user_forwarders import ExtensionForwarder, StackProxyForwarder
@@ -94,18 +95,8 @@ def proxy_figures(base: dict, stopped: dict, events: list[dict] | None = None) -
     """A proxy's figures: the base figures, the proxy's own stats, and bytes relayed per
     second (both directions, over the window) and system calls per MB relayed (1e6 bytes);
     its report and the connections' events (failures) under `proxy`."""
-    stats = stopped["stats"]
-    directions = [stats["client_to_server"], stats["server_to_client"]]
-    relayed = sum(d["bytes"] for d in directions)
-    syscalls = sum(d["syscalls"] for d in directions)
-    seconds = base["seconds"]
     return {
-        **base,
-        "relayed_bytes": relayed,
-        "relayed_bytes_per_s": round(relayed / seconds, 1) if seconds > 0 else None,
-        "syscalls": syscalls,
-        "syscalls_per_mb": round(syscalls / (relayed / 1e6), 2) if relayed else None,
-        "user_copy_bytes": sum(d["user_copy_bytes"] for d in directions),
+        **relayed_figures(base, stopped["stats"], "syscalls", lambda d: d["syscalls"]),
         "proxy": {**stopped, "events": events or []},
     }
 
@@ -120,14 +111,11 @@ class ProxyForwarder(DaemonForwarder):
     """The proxy tool in `mode` (socket or splice) on every middle, each relaying to the next."""
 
     name = "proxy"
+    terminates = True
 
     def __init__(self, transit: Transit, mode: str) -> None:
         super().__init__(transit)
         self.mode = mode
-
-    @property
-    def entry(self) -> str:
-        return self.transit.middles[0].upstream.ip
 
     def command(self, middle: Middle, index: int) -> str:
         return proxy_command(self.mode, middle, self.transit.port)
@@ -169,10 +157,7 @@ class HaproxyForwarder(DaemonForwarder):
     is for the traffic tool. It reports nothing of its own: its figures are the base ones."""
 
     name = "haproxy"
-
-    @property
-    def entry(self) -> str:
-        return self.transit.middles[0].upstream.ip
+    terminates = True
 
     def command(self, middle: Middle, index: int) -> str:
         return haproxy_command(middle, self.transit.port)
@@ -228,6 +213,12 @@ class ForwardMode:
 
 DEFAULT_MODE = "kernel"
 
+
+def _relay(name: str, summary: str, forwarder: Callable[[Transit], Forwarder]) -> ForwardMode:
+    """A proxy's mode: it relays TCP only and terminates the ends' connections."""
+    return ForwardMode(name, summary, forwarder, carries=frozenset({"tcp"}), terminates=True)
+
+
 FORWARD_MODES: dict[str, ForwardMode] = {
     mode.name: mode
     for mode in (
@@ -237,45 +228,35 @@ FORWARD_MODES: dict[str, ForwardMode] = {
             KernelForwarder,
             needs_middle=False,
         ),
-        ForwardMode(
+        _relay(
             "socket-proxy",
             "a TCP relay over kernel sockets on every middle (read and write, user copies)",
             lambda transit: ProxyForwarder(transit, "socket"),
-            carries=frozenset({"tcp"}),
-            terminates=True,
         ),
-        ForwardMode(
+        _relay(
             "splice-proxy",
             "a TCP relay over kernel sockets on every middle (splice, no user copy)",
             lambda transit: ProxyForwarder(transit, "splice"),
-            carries=frozenset({"tcp"}),
-            terminates=True,
         ),
-        ForwardMode(
+        _relay(
             "haproxy",
             "Debian's haproxy on every middle, its defaults: an established TCP proxy",
             HaproxyForwarder,
-            carries=frozenset({"tcp"}),
-            terminates=True,
         ),
         ForwardMode(
             "extension",
             "a confined user-level extension forwarding IPv4 frames between the NICs' rings",
             ExtensionForwarder,
         ),
-        ForwardMode(
+        _relay(
             "stack-proxy-mono",
             "a TCP relay on our monolithic stack on both NICs of every middle",
             lambda transit: StackProxyForwarder(transit, "mono"),
-            carries=frozenset({"tcp"}),
-            terminates=True,
         ),
-        ForwardMode(
+        _relay(
             "stack-proxy-factored",
             "a TCP relay as the confined application domain of our factored stacks",
             lambda transit: StackProxyForwarder(transit, "factored"),
-            carries=frozenset({"tcp"}),
-            terminates=True,
         ),
     )
 }

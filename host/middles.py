@@ -15,6 +15,7 @@ import ipaddress
 import json
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from host.experiments.base import BenchError
@@ -30,6 +31,7 @@ __all__ = [
     "Transit",
     "base_figures",
     "parse_sample",
+    "relayed_figures",
     "sample",
     "stopped_line",
 ]
@@ -124,12 +126,30 @@ def base_figures(before: Sample, after: Sample) -> dict:
         "seconds": round(seconds, 3),
         "cpu": round((after.cpu_busy - before.cpu_busy) / total, 3) if total > 0 else None,
         "forwarded_packets": forwarded,
-        "forwarded_packets_per_s": round(forwarded / seconds, 1) if seconds > 0 else None,
+        "forwarded_packets_per_s": per_second(forwarded, seconds),
     }
 
 
 def per_second(count: float, seconds: float) -> float | None:
     return round(count / seconds, 1) if seconds > 0 else None
+
+
+def relayed_figures(base: dict, stats: dict, calls: str, count: Callable[[dict], int]) -> dict:
+    """A relaying proxy's figures from its per-direction stats (`client_to_server`,
+    `server_to_client`: `bytes`, `user_copy_bytes`): the base figures, the bytes relayed both
+    ways and per second over the window, the bytes through its buffer, and the calls `count`
+    finds in a direction, in total (as `calls`) and per MB relayed (1e6 bytes)."""
+    directions = [stats["client_to_server"], stats["server_to_client"]]
+    relayed = sum(d["bytes"] for d in directions)
+    n = sum(count(d) for d in directions)
+    return {
+        **base,
+        "relayed_bytes": relayed,
+        "relayed_bytes_per_s": per_second(relayed, base["seconds"]),
+        calls: n,
+        f"{calls}_per_mb": round(n / (relayed / 1e6), 2) if relayed else None,
+        "user_copy_bytes": sum(d["user_copy_bytes"] for d in directions),
+    }
 
 
 # --------------------------------------------------------------------------- forwarders
@@ -143,14 +163,19 @@ class Forwarder(ABC):
     down what was set up and raises BenchError (after tearing everything down) if a middle
     cannot give its figures."""
 
+    #: The mode ends the client's connection on the first middle (a proxy), which the client
+    #: then reaches on its own link; otherwise it talks to the server through the middles.
+    terminates = False
+
     def __init__(self, transit: Transit) -> None:
         self.transit = transit
         self._before: dict[str, Sample] = {}
 
     @property
     def entry(self) -> str:
-        """The address the client connects to (the server's, unless the mode terminates)."""
-        return self.transit.server_ip
+        """The address the client connects to: the first middle's on the client's link if the
+        mode terminates, the server's otherwise."""
+        return self.transit.middles[0].upstream.ip if self.terminates else self.transit.server_ip
 
     @abstractmethod
     def start(self) -> None: ...

@@ -20,7 +20,14 @@ of them.
 from __future__ import annotations
 
 from host.experiments.base import BenchError
-from host.middles import DaemonForwarder, Middle, Transit, daemon_command, per_second
+from host.middles import (
+    DaemonForwarder,
+    Middle,
+    Transit,
+    daemon_command,
+    per_second,
+    relayed_figures,
+)
 from host.ssh import CommandResult
 
 __all__ = ["ExtensionForwarder", "StackProxyForwarder", "extension_figures", "stack_proxy_figures"]
@@ -132,17 +139,10 @@ def stack_proxy_figures(base: dict, stopped: dict) -> dict:
     """The stack proxy's figures: bytes relayed (both directions, per second over the window),
     the relay's calls on its sessions (reads and writes: ring operations, not system calls)
     per MB, the bytes through its buffer; its report under `proxy`."""
-    stats = stopped["stats"]
-    directions = [stats["client_to_server"], stats["server_to_client"]]
-    relayed = sum(d["bytes"] for d in directions)
-    calls = sum(d["reads"] + d["writes"] for d in directions)
     return {
-        **base,
-        "relayed_bytes": relayed,
-        "relayed_bytes_per_s": per_second(relayed, base["seconds"]),
-        "relay_calls": calls,
-        "relay_calls_per_mb": round(calls / (relayed / 1e6), 2) if relayed else None,
-        "user_copy_bytes": sum(d["user_copy_bytes"] for d in directions),
+        **relayed_figures(
+            base, stopped["stats"], "relay_calls", lambda d: d["reads"] + d["writes"]
+        ),
         "proxy": stopped,
     }
 
@@ -151,14 +151,11 @@ class StackProxyForwarder(DaemonForwarder):
     """The stack proxy on `path` (mono or factored) on every middle, each relaying to the next."""
 
     name = "stack-proxy"
+    terminates = True
 
     def __init__(self, transit: Transit, path: str) -> None:
         super().__init__(transit)
         self.path = path
-
-    @property
-    def entry(self) -> str:
-        return self.transit.middles[0].upstream.ip
 
     def command(self, middle: Middle, index: int) -> str:
         return stack_proxy_command(self.path, middle, self.transit.port)

@@ -425,3 +425,12 @@ def test_haproxy_relays_from_the_middles_upstream_address_to_the_next_hop() -> N
     stopped = CommandResult("haproxy", -1, "", "")  # ended by its SIGTERM
     assert forwarder.report(stopped) == {"event": "stopped", "exit_status": -1}
     assert forwarder.report(CommandResult("haproxy", 1, "", "[ALERT] cannot bind")) is None
+
+
+def test_each_modes_forwarder_terminates_exactly_when_the_mode_says_so() -> None:
+    """The lab file's checks read the mode's flag, the run's entry the forwarder's: they agree."""
+    transit_, _guests = two_middles()
+    for mode in FORWARD_MODES.values():
+        forwarder = mode.forwarder(transit_)
+        assert forwarder.terminates == mode.terminates, mode.name
+        assert forwarder.entry == ("198.18.1.2" if mode.terminates else "198.18.3.2"), mode.name
