@@ -31,6 +31,7 @@ from host.forwarding import (
 from host.lab import LabState, NodeState
 from host.report import _path_label, forwarding_table, hop_series
 from host.ssh import CommandResult
+from tests.unit.fake_middles import FakeMiddle, sample_text
 
 GOOD = Path(__file__).resolve().parents[1] / "configs" / "good"
 
@@ -96,13 +97,6 @@ def test_modes_load_where_the_route_crosses_middles() -> None:
 
 # --------------------------------------------------------------------------- measuring
 
-SNMP = "Ip: Forwarding DefaultTTL InReceives ForwDatagrams OutRequests\nIp: 1 64 100 {fwd} 80\n"
-
-
-def sample_text(busy: int, idle: int, fwd: int) -> str:
-    # user nice system idle iowait irq softirq steal guest guest_nice
-    return f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\n" + SNMP.format(fwd=fwd)
-
 
 def test_a_sample_reads_cpu_as_the_traffic_tool_does_and_forwarded_datagrams() -> None:
     text = "cpu  10 1 4 100 5 1 1 0 7 0\nIp: ForwDatagrams InReceives\nIp: 42 9\n"
@@ -125,62 +119,30 @@ def test_base_figures_over_a_window() -> None:
 # --------------------------------------------------------------------------- fake middles
 
 
-class FakeRunning:
-    def __init__(self, guest: FakeGuest, command: str) -> None:
-        self.guest, self.command = guest, command
-        self.chan = self
-
-    def exit_status_ready(self) -> bool:
-        return self.guest.proxy_fails
-
-    def wait(self, timeout: float) -> CommandResult:
-        if self.guest.proxy_fails:
-            return CommandResult(self.command, 1, "", "proxy: address in use")
-        relayed = self.guest.relayed
-        direction = {"bytes": relayed, "syscalls": 40, "user_copy_bytes": relayed}
-        stopped = {
-            "event": "stopped",
-            "mode": "socket",
-            "elapsed_s": 2.0,
-            "stats": {
-                "connections": {"accepted": 1, "completed": 1, "failed": 0, "aborted": 0},
-                "client_to_server": direction,
-                "server_to_client": direction | {"bytes": 0, "syscalls": 10, "user_copy_bytes": 0},
-                "fds_leaked": 0,
-            },
-        }
-        ready = {"event": "ready"}
-        return CommandResult(self.command, 0, f"{json.dumps(ready)}\n{json.dumps(stopped)}\n", "")
+def proxy_report(relayed: int = 2_000_000) -> str:
+    """What a proxy that relayed `relayed` bytes one way prints: ready, then stopped."""
+    direction = {"bytes": relayed, "syscalls": 40, "user_copy_bytes": relayed}
+    stopped = {
+        "event": "stopped",
+        "mode": "socket",
+        "elapsed_s": 2.0,
+        "stats": {
+            "connections": {"accepted": 1, "completed": 1, "failed": 0, "aborted": 0},
+            "client_to_server": direction,
+            "server_to_client": direction | {"bytes": 0, "syscalls": 10, "user_copy_bytes": 0},
+            "fds_leaked": 0,
+        },
+    }
+    return f"{json.dumps({'event': 'ready'})}\n{json.dumps(stopped)}\n"
 
 
-class FakeGuest:
-    """A middle node whose counters move by fixed steps between samples."""
-
-    def __init__(self, name: str, relayed: int = 2_000_000, proxy_fails: bool = False) -> None:
-        self.name, self.relayed, self.proxy_fails = name, relayed, proxy_fails
-        self.commands: list[str] = []
-        self.started: list[str] = []
-        self.samples = 0
-
-    def run(self, command: str, timeout: float = 120.0) -> CommandResult:
-        self.commands.append(command)
-        if command.startswith("head -n1 /proc/stat"):
-            n = self.samples
-            self.samples += 1
-            return CommandResult(command, 0, sample_text(100 + 50 * n, 100 + 50 * n, 7 * n), "")
-        if command.startswith("for i in"):  # wait_listening
-            return CommandResult(command, 1 if self.proxy_fails else 0, "", "")
-        return CommandResult(command, 0, "", "")
-
-    def start(self, command: str) -> FakeRunning:
-        self.started.append(command)
-        return FakeRunning(self, command)
-
-
-def two_middles(**fails: bool) -> tuple[Transit, dict[str, FakeGuest]]:
+def two_middles(**fails: bool) -> tuple[Transit, dict[str, FakeMiddle]]:
     """a - m - n - b: m on 198.18.1.2 (from a) and 198.18.2.1, n on 198.18.2.2 and 198.18.3.1,
     the server b at 198.18.3.2."""
-    guests = {name: FakeGuest(name, proxy_fails=fails.get(name, False)) for name in ("m", "n")}
+    guests = {
+        name: FakeMiddle(name, proxy_report(), "proxy: address in use" if fails.get(name) else None)
+        for name in ("m", "n")
+    }
     middles = (
         Middle(
             "m", guests["m"], Side("a-m", "198.18.1.2"), Side("m-n", "198.18.2.1"), "198.18.2.2"

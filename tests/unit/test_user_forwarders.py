@@ -11,7 +11,6 @@ import pytest
 from host.experiments.base import BenchError
 from host.forwarding import FORWARD_MODES, forwarded
 from host.middles import Middle, Side, Transit
-from host.ssh import CommandResult
 from host.user_forwarders import (
     extension_command,
     extension_figures,
@@ -19,6 +18,7 @@ from host.user_forwarders import (
     stack_proxy_command,
     stack_proxy_figures,
 )
+from tests.unit.fake_middles import FakeMiddle
 
 BASE = {"seconds": 2.0, "cpu": 0.5, "forwarded_packets": 0, "forwarded_packets_per_s": 0.0}
 
@@ -146,47 +146,14 @@ def test_stack_proxy_figures_count_relayed_bytes_and_ring_calls() -> None:
 # --------------------------------------------------------------------------- the whole mode
 
 
-class FakeRunning:
-    """A program that prints its ready line (or dies first), then its report when stopped."""
-
-    def __init__(self, guest: FakeGuest, command: str) -> None:
-        self.guest, self.command, self.chan = guest, command, self
-
-    def wait_for_stdout(self, text: str, timeout: float) -> bool:
-        return not self.guest.dies
-
-    def exit_status_ready(self) -> bool:
-        return self.guest.dies
-
-    def wait(self, timeout: float) -> CommandResult:
-        if self.guest.dies:
-            return CommandResult(self.command, 3, "", "extension: cannot confine: no seccomp")
-        return CommandResult(self.command, 0, json.dumps(extension_stopped()) + "\n", "")
-
-
-class FakeGuest:
-    def __init__(self, name: str, dies: bool = False) -> None:
-        self.name, self.dies = name, dies
-        self.commands: list[str] = []
-        self.started: list[str] = []
-        self.samples = 0
-
-    def run(self, command: str, timeout: float = 120.0) -> CommandResult:
-        self.commands.append(command)
-        if command.startswith("head -n1 /proc/stat"):
-            n = self.samples
-            self.samples += 1
-            text = f"cpu  {100 + 50 * n} 0 0 {100 + 50 * n} 0 0 0 0 0 0\nIp: ForwDatagrams\nIp: 0\n"
-            return CommandResult(command, 0, text, "")
-        return CommandResult(command, 0, "", "")
-
-    def start(self, command: str) -> FakeRunning:
-        self.started.append(command)
-        return FakeRunning(self, command)
+def middle(name: str, dies: bool = False) -> FakeMiddle:
+    """A middle whose extension reports `extension_stopped()`, or cannot confine itself."""
+    fails = "extension: cannot confine: no seccomp" if dies else None
+    return FakeMiddle(name, json.dumps(extension_stopped()) + "\n", fails)
 
 
 def test_the_extension_mode_starts_from_the_server_side_and_reports_every_middle() -> None:
-    guests = {"m1": FakeGuest("m1"), "m2": FakeGuest("m2")}
+    guests = {"m1": middle("m1"), "m2": middle("m2")}
     t = chain(2, guests)
     order: list[str] = []
     for g in guests.values():
@@ -204,7 +171,7 @@ def test_the_extension_mode_starts_from_the_server_side_and_reports_every_middle
 
 
 def test_an_extension_that_dies_at_start_says_why_and_the_others_are_stopped() -> None:
-    guests = {"m1": FakeGuest("m1", dies=True), "m2": FakeGuest("m2")}
+    guests = {"m1": middle("m1", dies=True), "m2": middle("m2")}
     with (
         pytest.raises(
             BenchError, match="m1: the extension did not start: extension: cannot confine"
@@ -216,7 +183,7 @@ def test_an_extension_that_dies_at_start_says_why_and_the_others_are_stopped() -
 
 
 def test_the_stack_proxy_modes_send_the_client_to_the_first_middle() -> None:
-    t = chain(2, {"m1": FakeGuest("m1"), "m2": FakeGuest("m2")})
+    t = chain(2, {"m1": middle("m1"), "m2": middle("m2")})
     for path in ("mono", "factored"):
         forwarder = FORWARD_MODES[f"stack-proxy-{path}"].forwarder(t)
         assert forwarder.entry == "198.18.1.2"
