@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -29,6 +30,24 @@ from host.ssh import Guest, GuestError
 
 BASE_PORT = 5001
 
+#: The fault-injection knob for testing regression detection (README, "Nightly runs"): every
+#: user-level stack started for an experiment spins this many microseconds per received frame.
+INJECT_ENV = "STACKBED_INJECT_RX_US"
+
+
+def injected_rx_us() -> float:
+    """The knob's value from the environment (0: off); a bad value is refused by name."""
+    text = os.environ.get(INJECT_ENV, "").strip()
+    if not text:
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 100_000:
+        raise BenchError(f"{INJECT_ENV}={text!r}: expected microseconds between 0 and 100000")
+    return value
+
 
 def path_args(
     exp: ExperimentConfig, state: LabState, node: str, link: str, gateway: str | None = None
@@ -46,6 +65,8 @@ def path_args(
             )
             if gateway is not None:
                 args += f" --stack-gateway {gateway}"
+            if inject := injected_rx_us():
+                args += f" --stack-inject-rx-us {inject:g}"
             if exp.path == "factored":
                 args += f" --stack-link {exp.stack.link}"
             return args

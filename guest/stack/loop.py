@@ -24,6 +24,22 @@ from guest.stack.session.backend import dispatch
 from guest.stack.session.server import SessionServer
 
 
+def slowed(
+    deliver: Callable[[memoryview, float, bool], None], seconds: float
+) -> Callable[[memoryview, float, bool], None]:
+    """`deliver` after spinning `seconds` per frame: the fault-injection knob
+    (`--inject-rx-us`) that lets a nightly prove it sees a slowdown of known size. It spins
+    rather than sleeps so that it costs CPU, as a slower receive path would."""
+
+    def slow(frame: memoryview, now: float, checksum_ok: bool) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+        deliver(frame, now, checksum_ok)
+
+    return slow
+
+
 class StackLoop:
     """Device + Nic + NetStack + session server, driven by one poll loop.
 
@@ -41,8 +57,10 @@ class StackLoop:
         socket_path: str,
         gateway: str | None = None,
         linger: float = DEFAULT_LINGER_S,
+        inject_rx_us: float = 0.0,
     ):
         self.dev = dev
+        self.inject_rx_s = max(inject_rx_us, 0.0) / 1e6
         self.nic = Nic(dev, offloads)
         self.clock = time.monotonic
         self.st = NetStack(
@@ -78,6 +96,8 @@ class StackLoop:
         version = -1
         server, backend, st, dev = self.server, self.backend, self.st, self.dev
         nic_receive, deliver = self.nic.receive, st.receive_frame
+        if self.inject_rx_s:
+            deliver = slowed(deliver, self.inject_rx_s)
         # A device whose fd is a doorbell (the factored stack's shared-memory rings) must be
         # told before the loop sleeps, and may hold frames while its fd is not readable.
         prepare_to_sleep: Callable[[], bool] | None = getattr(dev, "prepare_to_sleep", None)

@@ -44,6 +44,7 @@ class MonoStack(StackLoop):
         gateway: str | None = None,
         offloads: Offloads = DEFAULT_OFFLOADS,
         linger: float = DEFAULT_LINGER_S,
+        inject_rx_us: float = 0.0,
     ):
         from guest.stack.device.setup import take_over
 
@@ -53,7 +54,7 @@ class MonoStack(StackLoop):
         try:
             dev = open_device(device, iface, offloads.vnet_hdr)
             try:
-                super().__init__(dev, offloads, addr, socket_path, gateway, linger)
+                super().__init__(dev, offloads, addr, socket_path, gateway, linger, inject_rx_us)
             except BaseException:
                 dev.close()
                 raise
@@ -76,7 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     add_stack_arguments(ap)
     args = ap.parse_args(argv)
     path = args.socket or default_socket_path(args.iface)
-    stack = MonoStack(args.iface, args.addr, path, args.device, args.gateway, args.offload)
+    stack = MonoStack(
+        args.iface,
+        args.addr,
+        path,
+        args.device,
+        args.gateway,
+        args.offload,
+        inject_rx_us=args.inject_rx_us,
+    )
     signal.signal(signal.SIGTERM, stack.stop)
     signal.signal(signal.SIGINT, stack.stop)
     print(

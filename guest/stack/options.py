@@ -40,6 +40,13 @@ def add_stack_arguments(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument("--device", choices=tuple(DEVICE_KINDS), default=DEFAULT_DEVICE)
     ap.add_argument(
+        "--inject-rx-us",
+        type=float,
+        default=0.0,
+        help="fault injection, for testing regression detection: spin this many microseconds "
+        "on every received frame (default 0: off)",
+    )
+    ap.add_argument(
         "--offload",
         type=_offloads,
         default=DEFAULT_OFFLOADS,

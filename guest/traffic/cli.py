@@ -101,6 +101,13 @@ def _common_options() -> argparse.ArgumentParser:
         f"{', '.join(LEVERS)} (default all)",
     )
     user.add_argument(
+        "--stack-inject-rx-us",
+        type=float,
+        default=0.0,
+        help="fault injection of a stack started for the run: spin this many microseconds per "
+        "received frame (default 0: off; for testing regression detection)",
+    )
+    user.add_argument(
         "--no-confine-app",
         dest="confine_app",
         action="store_false",

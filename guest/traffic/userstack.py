@@ -37,6 +37,11 @@ def _serving(path: str) -> bool:
     return True
 
 
+def _injected(args: argparse.Namespace) -> float:
+    """The fault-injection knob (`--stack-inject-rx-us`), 0 when off or not offered."""
+    return float(getattr(args, "stack_inject_rx_us", 0.0) or 0.0)
+
+
 class _Stream:
     """A StackSocket with the traffic tool's Stream interface and the idle timeout applied."""
 
@@ -105,6 +110,7 @@ class MonoProvider:
             "--offload",
             args.stack_offload,
             *(["--gateway", gateway] if gateway else []),
+            *(["--inject-rx-us", str(inject)] if (inject := _injected(args)) else []),
             *self.extra_stack_args(args),
         ]
 

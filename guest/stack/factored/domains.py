@@ -178,7 +178,9 @@ def protocol_body(
 
     def body(status: int) -> None:
         dev = make_device()
-        sp = StackLoop(dev, args.offload, args.addr, path, args.gateway, args.linger)
+        sp = StackLoop(
+            dev, args.offload, args.addr, path, args.gateway, args.linger, args.inject_rx_us
+        )
         signal.signal(signal.SIGTERM, sp.stop)
         end = dev.end if isinstance(dev, ShmDevice) else None
         transmit = dev.transmit if isinstance(dev, SharedRingDevice) else None
