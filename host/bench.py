@@ -154,6 +154,33 @@ def impaired(
         set_impairments(state, guests, {name: config.link(name).impair for name in exp.impair})
 
 
+@contextlib.contextmanager
+def mtu_for_run(
+    config: LabConfig,
+    state: LabState,
+    guests: Callable[[str], Guest],
+    exp: ExperimentConfig,
+    path: RoutePath,
+) -> Iterator[None]:
+    """The experiment's `mtu:` on both ends of every link it crosses, for the run; each
+    link's own put back afterwards, whatever happened."""
+    if exp.mtu is None:
+        yield
+        return
+
+    def set_mtu(mtu_of: Callable[[str], int]) -> None:
+        for name in path.links:
+            for node in config.link(name).endpoints:
+                nic = _nic(state, node, name)
+                guests(node).run(f"ip link set dev {nic} mtu {mtu_of(name)}").check()
+
+    set_mtu(lambda _name: exp.mtu)
+    try:
+        yield
+    finally:
+        set_mtu(lambda name: config.link(name).mtu)
+
+
 def impairments_in_force(config: LabConfig, exp: ExperimentConfig, path: RoutePath) -> dict:
     """Each link the experiment crosses: what each of its ends sends through (netem's
     fields; empty for none), the experiment's override where it has one."""
@@ -233,6 +260,7 @@ def run_experiments(
                 try:
                     with contextlib.ExitStack() as stack:
                         stack.enter_context(impaired(config, state, guests, exp))
+                        stack.enter_context(mtu_for_run(config, state, guests, exp, path))
                         if exp.capture is not None and capture_dir is not None:
                             bounds = Bounds(exp.capture.max_bytes, exp.capture.snaplen)
                             for link in path.links:
@@ -300,6 +328,10 @@ def _record(exp: ExperimentConfig, path: RoutePath, runs: list[dict], impairment
         # netem on each link crossed, per sending end, as it was for these runs.
         "impairments": impairments,
         "duration_s": exp.duration_s,
+        # The links' MTU for these runs when the experiment set its own (else theirs).
+        "mtu": exp.mtu,
+        # The sweep this experiment is a point of (host.parameter_sweeps), if any.
+        "sweep": exp.sweep_point,
         "baseline": exp.baseline,
         "runs": runs,
         "summary": _summary(ok) if ok else None,

@@ -59,6 +59,9 @@ from host.fields import (
 from host.forwarding import DEFAULT_MODE, FORWARD_MODES
 from host.impairments import LinkImpair
 from host.impairments import problems as netem_problems
+from host.parameter_sweeps import COMMON as SWEEP_COMMON
+from host.parameter_sweeps import expand as expand_sweeps
+from host.parameter_sweeps import origin_loc
 from host.routing import Path as RoutePath
 from host.routing import Routing
 from host.yamlguard import TooExpensive, check_length
@@ -116,6 +119,8 @@ ForwardModeName = Literal[tuple(FORWARD_MODES)]
 #: Giving e.g. msg_size to an rr experiment is almost certainly a copy-paste slip, so an
 #: option is an error on any other type.
 _OPTIONS = experiment_options()
+#: What a lab file's `sweep:` may vary (host.parameter_sweeps).
+SWEEPABLE = (*_OPTIONS, *SWEEP_COMMON)
 
 # --------------------------------------------------------------------------- field types
 
@@ -314,6 +319,9 @@ class _ExperimentCommon(_Strict):
     name: ExperimentName
     type: ExperimentTypeName
     path: str = "kernel"
+    #: Set when the entry is a member of a sweep (host.parameter_sweeps): the family's name,
+    #: the parameter and this member's value. Not a field of the file.
+    _sweep_point: dict | None = PrivateAttr(default=None)
     client: NodeName
     server: NodeName
     link: LinkName | None = None
@@ -377,6 +385,11 @@ class _ExperimentCommon(_Strict):
             raise ValueError(f"{field} only applies to {wanted} experiments, not {kind}")
         return value
 
+    @property
+    def sweep_point(self) -> dict | None:
+        """The sweep this entry is a member of, if any: family, parameter, value."""
+        return self._sweep_point
+
     @model_validator(mode="after")
     def _type_defaults(self) -> _ExperimentCommon:
         for field, (option, owners) in _OPTIONS.items():
@@ -401,6 +414,9 @@ ExperimentConfig = create_model(
     # Impairments for this run, by link name, in place of the lab's on those links (each
     # link's whole `impair:`); the lab's own are restored after the run.
     impair=(dict[LinkName, LinkImpair], Field(default_factory=dict)),
+    # The MTU of every link the experiment crosses, for this run (both ends of each link),
+    # in place of the links' own; put back after the run. None: the links' own.
+    mtu=(Mtu | None, None),
 )
 
 
@@ -759,16 +775,26 @@ def parse_lab(text: str, source: str = "<string>") -> LabConfig:
     )
     lines = line_map.lines
     problems = line_map.duplicate_problems(source)
+    data, origins, sweep_problems = expand_sweeps(data, SWEEPABLE)
+    problems += [locate(source, loc, msg, lines) for loc, msg in sweep_problems]
+    if problems and sweep_problems:
+        raise ConfigError(in_file_order(problems))
     try:
         lab = LabConfig.model_validate(data)
     except ValidationError as exc:
         problems += [
-            locate(source, tuple(err["loc"]), _pydantic_message(err), lines) for err in exc.errors()
+            locate(source, origin_loc(tuple(err["loc"]), origins), _pydantic_message(err), lines)
+            for err in exc.errors()
         ]
         raise ConfigError(in_file_order(problems)) from None
-    problems += [locate(source, loc, msg, lines) for loc, msg in _cross_reference_problems(lab)]
+    problems += [
+        locate(source, origin_loc(loc, origins), msg, lines)
+        for loc, msg in _cross_reference_problems(lab)
+    ]
     if problems:
         raise ConfigError(in_file_order(problems))
+    for index, origin in origins.items():
+        lab.experiments[index]._sweep_point = origin.point()
     lab._source_path = source
     return lab
 
