@@ -36,6 +36,18 @@ def _load(config: str):
         raise Exit(f"no such lab file: {config}", code=2) from None
 
 
+def _check_injection() -> None:
+    """A bad fault-injection setting is refused before anything starts."""
+    from host.bench import injected_rx_us
+    from host.experiments import BenchError
+
+    try:
+        if rx_us := injected_rx_us():
+            _say(f"[yellow]fault injection on: {rx_us:g} µs per received frame[/yellow]")
+    except BenchError as err:
+        raise Exit(str(err), code=2) from None
+
+
 # --- doctor ---------------------------------------------------------------------------------
 
 
@@ -355,7 +367,8 @@ def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False,
     down afterwards, whatever happens.
     """
     from host.accel import accel_for
-    from host.bench import metadata, result_stem, run_experiments, save_results
+    from host.bench import INFRA, metadata, result_stem, run_experiments, save_results
+    from host.health import lost_nodes
     from host.image import cached_image
     from host.lab import Lab, LabState, terminate_on_sigterm
     from host.report import load, print_results
@@ -369,6 +382,7 @@ def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False,
     if not str(rounds).isdigit() or int(rounds) < 1:
         raise Exit(f"--rounds must be a whole number of at least 1, not {rounds!r}", code=2)
     rounds = int(rounds)
+    _check_injection()
     stem = result_stem(cfg.lab, out_dir)
     captures = stem.with_name(stem.name + ".captures")  # used only by experiments with capture:
     running = LabState.load(cfg.lab)
@@ -376,7 +390,16 @@ def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False,
     if running is not None and running.owner_alive():
         _say(f"using running lab {cfg.lab} (owner pid {running.owner_pid})")
         guests = {n.name: running.guest(n.name) for n in running.nodes}
-        records = run_experiments(cfg, running, guests.__getitem__, names, _say, rounds, captures)
+        records = run_experiments(
+            cfg,
+            running,
+            guests.__getitem__,
+            names,
+            _say,
+            rounds,
+            captures,
+            health=lambda: lost_nodes(running),
+        )
         img = cached_image(cfg.image)
         meta = metadata(cfg, running, img.manifest if img else {}, rounds)
         for g in guests.values():
@@ -384,7 +407,16 @@ def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False,
     else:
         with Lab(cfg, accel=accel_for(cfg.image, accel, progress=_say), progress=_say) as lab:
             state = lab.up()
-            records = run_experiments(cfg, state, lab.guest, names, _say, rounds, captures)
+            records = run_experiments(
+                cfg,
+                state,
+                lab.guest,
+                names,
+                _say,
+                rounds,
+                captures,
+                health=lambda: lost_nodes(state),
+            )
             meta = metadata(cfg, state, lab.image.manifest, rounds)
     path = save_results(meta, records, stem=stem)
     print_results(load(path), console)
@@ -394,7 +426,10 @@ def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False,
     if plot:
         png = make_plot([path], path.with_suffix(".png"))
         _say(f"plot: {png}")
-    if any(r["errors"] for r in records):
+    kinds = {run.get("error_kind") for r in records for run in r["runs"] if "error" in run}
+    if INFRA in kinds:
+        raise Exit("infrastructure fault: a guest was lost (see the table)", code=2)
+    if kinds:
         raise Exit("some experiments failed (see the table)", code=1)
 
 

@@ -26,9 +26,13 @@ from host.lab import LabState, set_impairments
 from host.paths import PROJECT_ROOT, results_dir
 from host.report import comparisons
 from host.routing import Path as RoutePath
-from host.ssh import Guest, GuestError
+from host.ssh import Guest, GuestError, GuestLost
 
 BASE_PORT = 5001
+
+#: A failed run's kinds: the testbed broke (a guest lost), or the experiment failed by itself.
+INFRA, EXPERIMENT = "infrastructure", "experiment"
+
 
 #: The fault-injection knob for testing regression detection (README, "Nightly runs"): every
 #: user-level stack started for an experiment spins this many microseconds per received frame.
@@ -214,8 +218,17 @@ def run_experiments(
     progress: Callable[[str], None] = print,
     rounds: int = 1,
     capture_dir: Path | None = None,
+    health: Callable[[], dict[str, str]] | None = None,
+    first_round: int = 1,
 ) -> list[dict]:
     """Run the selected experiments `rounds` times over, in the file's order each round.
+
+    A failed run records its error and its kind: "infrastructure" when a guest was lost
+    (its SSH session broke; `health` then says, from libvirt, which nodes are gone, and
+    every later run that needs one of them is not tried), "experiment" when the experiment
+    itself failed (a tool's non-zero exit, a byte mismatch). The other runs go on, so that
+    what completed is saved whatever happened to one node. Rounds are numbered from
+    `first_round` (a confirming rerun continues a night's numbering).
 
     An experiment with `capture:` records every link its route crosses, for each run, into
     `capture_dir` (no capture without one): `NAME-rROUND-LINK.pcap`.
@@ -242,12 +255,19 @@ def run_experiments(
         for path, target in zip(paths, targets, strict=True)
     ]
     runs: list[list[dict]] = [[] for _ in selected]
-    for round_no in range(1, rounds + 1):
+    lost: dict[str, str] = {}
+    last = first_round + rounds - 1
+    for round_no in range(first_round, last + 1):
         for i, (exp, path, target) in enumerate(zip(selected, paths, targets, strict=True)):
             mode = FORWARD_MODES[exp.forward]
             for rep in range(exp.repeat):
+                if gone := [lost[n] for n in path.nodes if n in lost]:
+                    runs[i].append(
+                        {"error": f"not run: {gone[0]}", "error_kind": INFRA, "round": round_no}
+                    )
+                    continue
                 progress(
-                    (f"round {round_no}/{rounds} " if rounds > 1 else "")
+                    (f"round {round_no}/{last} " if last > 1 else "")
                     + f"[{i + 1}/{len(selected)}] {exp.name} ({exp.type}, {exp.path}, "
                     f"{' -> '.join(path.nodes)}"
                     + (f", {exp.forward}" if path.transit else "")
@@ -273,8 +293,17 @@ def run_experiments(
                             replace(target, peer_ip=forwarding.entry)
                         )
                 except (BenchError, GuestError, CaptureError) as err:
-                    run = {"error": str(err)}
-                    progress(f"    FAILED: {err}")
+                    run = {"error": str(err), "error_kind": EXPERIMENT}
+                    if health is not None:
+                        newly = {n: m for n, m in health().items() if n not in lost}
+                        lost |= newly
+                        mine = [m for n, m in newly.items() if n in path.nodes]
+                        if mine:
+                            run["error"] += "; " + "; ".join(mine)
+                            run["error_kind"] = INFRA
+                    if isinstance(err, GuestLost):
+                        run["error_kind"] = INFRA
+                    progress(f"    FAILED: {run['error']}")
                 else:
                     if forwarding is not None and forwarding.middles:
                         run["forward"] = forwarding.middles
@@ -285,6 +314,21 @@ def run_experiments(
         _record(exp, path, exp_runs, impairments_in_force(config, exp, path))
         for exp, path, exp_runs in zip(selected, paths, runs, strict=True)
     ]
+
+
+def extend(records: list[dict], more: list[dict]) -> None:
+    """Add a rerun's runs (`more`, records of the same experiments) to `records`, in place,
+    and recompute what is derived from the runs."""
+    by_name = {rec["experiment"]: rec for rec in more}
+    for rec in records:
+        extra = by_name.get(rec["experiment"])
+        if extra is None:
+            continue
+        rec["runs"] += extra["runs"]
+        ok = [r for r in rec["runs"] if "error" not in r]
+        rec["summary"] = _summary(ok) if ok else None
+        rec["errors"] = [r["error"] for r in rec["runs"] if "error" in r]
+        rec["forward"]["middles"] = _middles_summary(ok)
 
 
 def _capture_record(result: CaptureResult | None, capture_dir: Path | None) -> dict | None:

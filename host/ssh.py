@@ -33,6 +33,11 @@ class GuestError(RuntimeError):
     pass
 
 
+class GuestLost(GuestError):
+    """The guest's SSH session broke or could not be opened: the guest may be gone (a
+    caller asks libvirt what became of its domain), not a command that failed."""
+
+
 def generate_key(path: Path) -> str:
     """Write a new ed25519 private key (OpenSSH format, 0600) and return the public key's base64."""
     key = Ed25519PrivateKey.generate()
@@ -154,12 +159,18 @@ class Guest:
 
     def start(self, command: str, stdin: bytes | None = None) -> RunningCommand:
         """Start a command and return at once; `RunningCommand.wait()` collects it."""
-        client = self.connect()
-        chan = client.get_transport().open_session(timeout=30)
-        chan.exec_command(command)
-        if stdin is not None:
-            chan.sendall(stdin)
-        chan.shutdown_write()
+        try:
+            client = self.connect()
+            chan = client.get_transport().open_session(timeout=30)
+            chan.exec_command(command)
+            if stdin is not None:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+        except (paramiko.SSHException, EOFError, OSError) as err:
+            self.close()
+            raise GuestLost(
+                f"guest {self.name}: SSH session lost ({err or type(err).__name__})"
+            ) from err
         return RunningCommand(self.name, command, chan)
 
     def deploy(self, src: Path = PROJECT_ROOT / "guest") -> None:
