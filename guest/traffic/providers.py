@@ -83,6 +83,12 @@ def _family_for(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+#: struct tcp_info (linux/tcp.h) up to tcpi_total_retrans: eight u8 fields, then u32s.
+_TCP_INFO_FORMAT = "8B24I"
+_TCP_INFO_LEN = struct.calcsize(_TCP_INFO_FORMAT)
+_TOTAL_RETRANS = 8 + 23
+
+
 class KernelStream:
     """A kernel TCP socket kept in *blocking* mode with kernel-side idle timeouts.
 
@@ -120,6 +126,13 @@ class KernelStream:
 
     def shutdown_write(self) -> None:
         self._sock.shutdown(socket.SHUT_WR)
+
+    def tcp_counters(self) -> dict[str, int]:
+        """The kernel's own account of this connection (TCP_INFO's total_retrans, the
+        figure iperf3 reports), so the kernel path's retransmissions are reported as the
+        user-level stacks report theirs."""
+        info = self._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+        return {"retransmits": struct.unpack_from(_TCP_INFO_FORMAT, info)[_TOTAL_RETRANS]}
 
     def close(self) -> None:
         self._sock.close()

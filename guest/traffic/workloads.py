@@ -117,10 +117,14 @@ def run_source(args: argparse.Namespace, provider: SocketProvider) -> dict[str, 
             stream.shutdown_write()
             drain_until_eof(stream)
         figures = meter.stop()
+        counters = getattr(stream, "tcp_counters", None)
+        tcp = counters() if counters is not None else None
     finally:
         stream.close()
     record = _stream_record(args, total, figures, hasher)
     record["seed"] = args.seed
+    if tcp is not None:  # the kernel path: its own retransmissions (user-level stacks: theirs)
+        record["tcp_retransmits"] = tcp["retransmits"]
     return record
 
 

@@ -79,9 +79,12 @@ def traffic_pair(
     )
 
 
-def _retransmits(stack: dict | None) -> int | None:
-    """Both user-level stacks' retransmitted segments (None on the kernel path)."""
-    return sum(side["retransmits"] for side in stack.values()) if stack else None
+def _retransmits(stack: dict | None, client: dict) -> int | None:
+    """Both user-level stacks' retransmitted segments; on the kernel path, the client
+    kernel's for the connection (TCP_INFO, as iperf3 counts them), where the tool gave it."""
+    if stack:
+        return sum(side["retransmits"] for side in stack.values())
+    return client.get("tcp_retransmits")
 
 
 def tool_figures(client: dict, server: dict, host_cpu: float | None) -> dict:
@@ -94,7 +97,7 @@ def tool_figures(client: dict, server: dict, host_cpu: float | None) -> dict:
         "server_cpu": server["cpu_system"],
         "host_cpu": host_cpu,
         "stack": stack,
-        "retransmits": _retransmits(stack),
+        "retransmits": _retransmits(stack, client),
         "raw": {"client": client, "server": server},
     }
 

@@ -390,3 +390,29 @@ def test_a_gateway_reaches_the_stack_started_for_the_run(path: str) -> None:
     assert cmd[cmd.index("--gateway") + 1] == "198.18.1.2"
     assert cmd[cmd.index("-m") + 1] == cls.stack_module
     assert "--gateway" not in provider.stack_command(parse_args(common))
+
+
+def test_the_kernel_path_reports_its_connections_retransmissions() -> None:
+    """TCP_INFO read with our layout: the state is ESTABLISHED (1), the MSS plausible, and a
+    loopback connection retransmits nothing."""
+    import socket
+    import struct
+
+    from guest.traffic import providers
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        peer, _ = server.accept()
+        stream = providers.KernelStream(client, timeout=5, nodelay=False)
+        try:
+            stream.sendall(b"x" * 100_000)
+            got = 0
+            while got < 100_000:
+                got += len(peer.recv(65536))
+            info = client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, providers._TCP_INFO_LEN)
+            fields = struct.unpack_from(providers._TCP_INFO_FORMAT, info)
+            assert fields[0] == 1 and 500 < fields[8 + 2] <= 65536  # state, snd_mss
+            assert stream.tcp_counters() == {"retransmits": 0}
+        finally:
+            stream.close()
+            peer.close()
