@@ -1,0 +1,1 @@
+"""Nightly runs: statistics, reports, history."""
