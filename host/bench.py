@@ -392,6 +392,19 @@ def _git(*args: str) -> str | None:
         return None
 
 
+def cpu_model() -> str | None:
+    """The host CPU's model name, as /proc/cpuinfo gives it."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def placement(state: LabState) -> str:
+    """Each node's vCPUs; they float over the host's CPUs (no pinning)."""
+    return " ".join(f"{n.name}={n.vcpus}" for n in state.nodes) + " unpinned"
+
+
 def metadata(config: LabConfig, state: LabState, image_manifest: dict, rounds: int = 1) -> dict:
     import libvirt
 
@@ -406,6 +419,7 @@ def metadata(config: LabConfig, state: LabState, image_manifest: dict, rounds: i
         "host": {
             "kernel": platform.release(),
             "machine": platform.machine(),
+            "cpu_model": cpu_model(),
             "cpus": len(Path("/proc/cpuinfo").read_text().split("processor\t")) - 1,
             "python": platform.python_version(),
             "qemu": qemu.stdout.splitlines()[0] if qemu.stdout else None,
@@ -419,8 +433,12 @@ def metadata(config: LabConfig, state: LabState, image_manifest: dict, rounds: i
             "python_version": image_manifest.get("python_version"),
         },
         "guest_kernel": state.guest_kernel,
+        # Where the guests' vCPUs run: part of what makes two runs' figures comparable.
+        "placement": placement(state),
         "lab": state.lab,
         "rounds": rounds,
+        # Set only when a user asked for it: the figures of such a run are slowed on purpose.
+        "fault_injection": {"rx_us": injected_rx_us()} if injected_rx_us() else None,
         "boot_seconds": {n.name: n.boot_seconds for n in state.nodes},
         "config": config.to_dict(),
     }

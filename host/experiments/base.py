@@ -80,6 +80,18 @@ class Compared:
 
 
 @dataclass(frozen=True)
+class Gate:
+    """A figure a nightly run watches for regressions: its key in a run's result, its name,
+    and which way is better (host.nightly compares it with a baseline's)."""
+
+    key: str
+    figure: str
+    better: Literal["higher", "lower"]
+    #: False: compared and shown, never decides a regression (a tail too noisy to gate on).
+    gated: bool = True
+
+
+@dataclass(frozen=True)
 class ExperimentType:
     name: str
     #: Drive the guests for one run; the dict of figures is saved as the run (raise
@@ -91,6 +103,8 @@ class ExperimentType:
     columns: dict[Column, str] = field(default_factory=dict)
     #: None: this type cannot name a baseline.
     compared: Compared | None = None
+    #: The figures a nightly run gates on, the first one also as a ratio to the kernel path.
+    gates: tuple[Gate, ...] = ()
     #: The check column of a run without errors.
     check: str = "ok"
     #: What the path column says instead of the experiment's path, if anything.

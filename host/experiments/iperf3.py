@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from host.experiments.base import BenchError, ExperimentType, Target
+from host.experiments.base import BenchError, ExperimentType, Gate, Target
 from host.experiments.columns import MBIT_PER_S, TCP_COSTS
 from host.experiments.measure import host_cpu_since, host_cpu_times, wait_listening
 
@@ -49,5 +49,6 @@ TYPE = ExperimentType(
     kernel_only=True,
     columns={MBIT_PER_S: "mbit_per_s", **TCP_COSTS},
     path_label="kernel (iperf3)",
+    gates=(Gate("mbit_per_s", "throughput", "higher"),),
     plot="throughput",
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from host.experiments.base import BenchError, ExperimentType, Target
+from host.experiments.base import BenchError, ExperimentType, Gate, Target
 from host.experiments.columns import P50_US, P99_US
 
 
@@ -31,6 +31,7 @@ TYPE = ExperimentType(
     run=run,
     kernel_only=True,
     transport="icmp",
+    gates=(Gate("rtt_avg_us", "rtt avg", "lower"),),
     # No percentiles from ping: its average and maximum round trip stand in for them.
     columns={P50_US: "rtt_avg_us", P99_US: "rtt_max_us"},
     note="p50/p99 for ping are avg/max RTT",

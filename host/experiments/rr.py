@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from host.experiments.base import Compared, ExperimentType, Option, Target
+from host.experiments.base import Compared, ExperimentType, Gate, Option, Target
 from host.experiments.columns import P50_US, P99_US, TCP_COSTS, TRANSACTIONS_PER_S
 from host.experiments.measure import (
     host_cpu_since,
@@ -54,5 +54,9 @@ TYPE = ExperimentType(
     columns={TRANSACTIONS_PER_S: "transactions_per_s", P50_US: "p50_us", P99_US: "p99_us"}
     | TCP_COSTS,
     compared=Compared("p50_us", "p50 latency"),
+    gates=(
+        Gate("p50_us", "p50 latency", "lower"),
+        Gate("p99_us", "p99 latency", "lower", gated=False),
+    ),
     plot="latency",
 )

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from host.experiments.base import BenchError, Compared, ExperimentType, Option, Target
+from host.experiments.base import BenchError, Compared, ExperimentType, Gate, Option, Target
 from host.experiments.columns import MBIT_PER_S, TCP_COSTS
 from host.experiments.measure import (
     host_cpu_since,
@@ -71,6 +71,7 @@ TYPE = ExperimentType(
     options={"msg_size": Option(MsgSize, 65536)},
     columns={MBIT_PER_S: "mbit_per_s", **TCP_COSTS},
     compared=Compared("mbit_per_s", "throughput"),
+    gates=(Gate("mbit_per_s", "throughput", "higher"),),
     check="[green]sha256 ok[/green]",
     plot="throughput",
 )

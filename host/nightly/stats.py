@@ -1,0 +1,239 @@
+"""Deciding "regressed": a rank test, a bootstrap interval, a noise floor, many metrics at once.
+
+A metric regressed only when three things hold together:
+- Mann-Whitney U (one-sided, exact for small samples) says the candidate's rounds are worse
+  than the baseline's, with its p-value adjusted for the number of gated metrics tested
+  together (Benjamini-Hochberg, `scipy.stats.false_discovery_control`);
+- the bootstrap interval of the ratio of medians (candidate / baseline) lies wholly beyond
+  the metric's noise floor on the worse side: a difference that is real but smaller than
+  what A/A runs of one commit show between nights is not reported;
+- (done by the caller) a confirming rerun keeps it so.
+The rank test guards against chance within a night, the floor against the drift between
+nights that no within-night test can see. Both come from maintained code (scipy); only the
+wiring is ours.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import yaml
+from scipy.stats import bootstrap, false_discovery_control, mannwhitneyu
+
+from host.nightly.metrics import Metric
+
+Verdict = Literal["regressed", "improved", "unchanged", "insufficient", "missing"]
+
+ALPHA = 0.05
+CONFIDENCE = 0.95
+MIN_ROUNDS = 3
+RESAMPLES = 4000
+DEFAULT_FLOOR = 0.05
+
+
+@dataclass(frozen=True)
+class Floors:
+    """The noise floor of each figure (a fraction of the baseline), per accelerator: from A/A
+    runs (`invoke compare --calibrate`), with a default for figures not calibrated."""
+
+    by_accel: dict[str, dict[str, float]] = field(default_factory=dict)
+    default: float = DEFAULT_FLOOR
+    source: str = "built-in default"
+
+    def floor(self, accel: str, figure: str) -> float:
+        return self.by_accel.get(accel, {}).get(figure, self.default)
+
+    @classmethod
+    def load(cls, path: Path) -> Floors:
+        """Read a floors file: `default: F` and `ACCEL: {FIGURE: F, ...}`; errors name the
+        file and the field."""
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"{path}: cannot read noise floors: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of accelerators to floors")
+        default = data.pop("default", DEFAULT_FLOOR)
+        by_accel: dict[str, dict[str, float]] = {}
+        for accel, figures in data.items():
+            if not isinstance(figures, dict):
+                raise ValueError(f"{path}: {accel}: expected a mapping of figures to floors")
+            for figure, value in figures.items():
+                if not isinstance(value, int | float) or not 0 <= value < 1:
+                    raise ValueError(
+                        f"{path}: {accel}.{figure}: a floor is a fraction in [0, 1), not {value!r}"
+                    )
+            by_accel[str(accel)] = {str(k): float(v) for k, v in figures.items()}
+        if not isinstance(default, int | float) or not 0 <= default < 1:
+            raise ValueError(f"{path}: default: a floor is a fraction in [0, 1)")
+        return cls(by_accel, float(default), str(path))
+
+
+@dataclass
+class Comparison:
+    """One metric of a candidate against the same metric of a baseline."""
+
+    experiment: str
+    figure: str
+    better: Literal["higher", "lower"]
+    gated: bool
+    base: list[float]
+    cand: list[float]
+    floor: float
+    ratio: float | None = None
+    low: float | None = None  # bootstrap interval of the ratio of medians
+    high: float | None = None
+    p_worse: float | None = None  # one-sided Mann-Whitney U, candidate worse
+    p_better: float | None = None
+    p_adjusted: float | None = None  # p_worse (or p_better) after Benjamini-Hochberg
+    verdict: Verdict = "insufficient"
+    confirmed: bool | None = None  # set by a confirming rerun
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment} · {self.figure}"
+
+    def beyond_floor(self, side: Literal["worse", "better"]) -> bool:
+        """Whether the whole interval lies beyond the floor on `side`."""
+        if self.low is None or self.high is None:
+            return False
+        worse_is_low = self.better == "higher"
+        if (side == "worse") == worse_is_low:
+            return self.high < 1 - self.floor
+        return self.low > 1 + self.floor
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"name": self.name}
+
+
+def _ratio_of_medians(base, cand, axis=-1):
+    return np.median(cand, axis=axis) / np.median(base, axis=axis)
+
+
+def interval(base: list[float], cand: list[float], seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of median(cand) / median(base), seeded so that a
+    comparison printed twice reads the same."""
+    if len(set(base)) == 1 and len(set(cand)) == 1:
+        value = cand[0] / base[0]
+        return value, value
+    res = bootstrap(
+        (np.asarray(base), np.asarray(cand)),
+        _ratio_of_medians,
+        vectorized=True,
+        paired=False,
+        n_resamples=RESAMPLES,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _p_values(base: list[float], cand: list[float], better: str) -> tuple[float, float]:
+    """One-sided p-values that the candidate is worse, and that it is better."""
+    lower, higher = (
+        float(mannwhitneyu(cand, base, alternative=alt, method="auto").pvalue)
+        for alt in ("less", "greater")
+    )
+    return (lower, higher) if better == "higher" else (higher, lower)
+
+
+def compare_one(
+    base: Metric | None, cand: Metric | None, floor: float, seed: int = 0
+) -> Comparison:
+    ref = cand or base
+    assert ref is not None
+    out = Comparison(
+        ref.experiment,
+        ref.figure,
+        ref.better,
+        ref.gated,
+        base.values if base else [],
+        cand.values if cand else [],
+        floor,
+    )
+    if base is None or cand is None or not out.base or not out.cand:
+        out.verdict = "missing"
+        return out
+    out.ratio = statistics.median(out.cand) / statistics.median(out.base)
+    if len(out.base) < MIN_ROUNDS or len(out.cand) < MIN_ROUNDS:
+        return out
+    out.low, out.high = interval(out.base, out.cand, seed)
+    out.p_worse, out.p_better = _p_values(out.base, out.cand, ref.better)
+    return out
+
+
+def compare(
+    base: list[Metric],
+    cand: list[Metric],
+    floors: Floors,
+    accel: str,
+    alpha: float = ALPHA,
+) -> list[Comparison]:
+    """Every metric of either side, paired by experiment and figure, with a verdict."""
+    by_key = {(m.experiment, m.figure): m for m in base}
+    keys = [(m.experiment, m.figure) for m in cand]
+    keys += [k for k in by_key if k not in set(keys)]
+    mine = {(m.experiment, m.figure): m for m in cand}
+    out = [
+        compare_one(by_key.get(k), mine.get(k), floors.floor(accel, k[1]), seed=i)
+        for i, k in enumerate(keys)
+    ]
+    decide(out, alpha)
+    return out
+
+
+def decide(comparisons: list[Comparison], alpha: float = ALPHA) -> None:
+    """Set each tested comparison's verdict. The gated ones' p-values are adjusted together
+    (Benjamini-Hochberg); a figure shown but not gated keeps its own p-value, and its verdict
+    only says which way it moved."""
+    tested = [c for c in comparisons if c.p_worse is not None]
+    gated = [c for c in tested if c.gated]
+    shown = [c for c in tested if not c.gated]
+    worse = false_discovery_control([c.p_worse for c in gated], method="bh") if gated else []
+    better = false_discovery_control([c.p_better for c in gated], method="bh") if gated else []
+    pairs = [(c, float(w), float(b)) for c, w, b in zip(gated, worse, better, strict=True)]
+    pairs += [(c, c.p_worse, c.p_better) for c in shown]
+    for c, p_worse, p_better in pairs:
+        if p_worse < alpha and c.beyond_floor("worse"):
+            c.verdict, c.p_adjusted = "regressed", p_worse
+        elif p_better < alpha and c.beyond_floor("better"):
+            c.verdict, c.p_adjusted = "improved", p_better
+        else:
+            c.verdict, c.p_adjusted = "unchanged", p_worse
+        if not c.gated:
+            c.p_adjusted = None
+
+
+def screen(comparisons: list[Comparison], alpha: float = ALPHA) -> list[Comparison]:
+    """The gated metrics worth a confirming rerun: worse at `alpha` before any correction,
+    the interval beyond the floor. A lone change in a night's rounds alone cannot pass the
+    corrected test with the nightly suite's 15 gated metrics (5 against 5, the smallest
+    one-sided p is 0.004, times 15); the rerun's rounds join them and the corrected test
+    decides."""
+    return [
+        c
+        for c in comparisons
+        if c.gated and c.p_worse is not None and c.p_worse < alpha and c.beyond_floor("worse")
+    ]
+
+
+def regressions(comparisons: list[Comparison]) -> list[Comparison]:
+    return [c for c in comparisons if c.gated and c.verdict == "regressed"]
+
+
+def calibrate(runs: list[list[Comparison]], margin: float = 1.25) -> dict[str, float]:
+    """Noise floors from A/A comparisons (one commit against itself): for each figure, the
+    largest distance of a median ratio from 1 seen over the runs, times `margin`, rounded up
+    to the next percent. A floor only ever errs high: a real change smaller than the A/A
+    spread cannot be told from the drift between nights."""
+    worst: dict[str, float] = {}
+    for comparisons in runs:
+        for c in comparisons:
+            if c.ratio is not None and c.gated:
+                worst[c.figure] = max(worst.get(c.figure, 0.0), abs(c.ratio - 1))
+    return {fig: float(np.ceil(w * margin * 100) / 100) for fig, w in sorted(worst.items())}
