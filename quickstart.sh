@@ -10,7 +10,7 @@ ROOT=$(pwd)
 VENV="$ROOT/.venv"
 APT_PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
   pkg-config gcc python3-dev python3-venv mmdebstrap cpio e2fsprogs openssh-client iproute2
-  iperf3 ethtool tcpdump ca-certificates)
+  iperf3 ethtool tcpdump ca-certificates chromium)
 
 say() { printf '\033[1m== %s\033[0m\n' "$*"; }
 
@@ -42,6 +42,22 @@ setup_venv() {
   fi
 }
 
+setup_junit_schema() {
+  # The published JUnit schema that pytest's own tests validate against (Jenkins' junit-10.xsd,
+  # MIT), from pytest's source distribution on PyPI: the nightly's JUnit output is checked
+  # with it (tests/unit/test_nightly_junit.py). Fetched once per virtualenv.
+  local xsd="$VENV/share/stackbed/junit-10.xsd" ver tmp
+  [ -s "$xsd" ] && return 0
+  say "JUnit schema (from pytest's source distribution)"
+  ver=$("$VENV/bin/python" -c 'import pytest; print(pytest.__version__)')
+  tmp=$(mktemp -d)
+  "$VENV/bin/pip" download -q --no-deps --no-binary :all: "pytest==$ver" -d "$tmp"
+  tar -xzf "$tmp/pytest-$ver.tar.gz" -C "$tmp" "pytest-$ver/testing/example_scripts/junit-10.xsd"
+  mkdir -p "$(dirname "$xsd")"
+  cp "$tmp/pytest-$ver/testing/example_scripts/junit-10.xsd" "$xsd"
+  rm -rf "$tmp"
+}
+
 setup_host() {
   say "libvirt daemons and /dev/kvm"
   "$VENV/bin/python" - <<'PY'
@@ -60,6 +76,7 @@ setup_image() {
 setup() {
   setup_packages
   setup_venv
+  setup_junit_schema
   setup_host
   setup_image
   "$VENV/bin/invoke" doctor

@@ -35,7 +35,8 @@ def figure_columns() -> list[Column]:
     return sorted(columns, key=lambda column: column.rank)
 
 
-def _cell(column: Column, value) -> str:
+def cell_text(column: Column, value) -> str:
+    """A figure as its table column shows it."""
     return _pct(value) if column.percent else _fmt(value, column.spec)
 
 
@@ -46,7 +47,7 @@ def _forward_mode(rec: dict) -> str | None:
     return mode if mode != DEFAULT_MODE and (forwarding_hops(rec) or 0) > 0 else None
 
 
-def _path_label(rec: dict) -> str:
+def path_label(rec: dict) -> str:
     """The path as the table shows it, with the stack options that set its figures apart,
     then the middle nodes' forwarding mode where it is not the kernel's ("kernel ·
     socket-proxy")."""
@@ -89,9 +90,9 @@ def results_table(data: dict) -> Table:
         else:
             check = kind.check if kind else "ok"
         cells = [
-            _cell(column, s.get(keys[column]) if column in keys else None) for column in columns
+            cell_text(column, s.get(keys[column]) if column in keys else None) for column in columns
         ]
-        table.add_row(rec["experiment"], rec["type"], _path_label(rec), *cells, check)
+        table.add_row(rec["experiment"], rec["type"], path_label(rec), *cells, check)
     boots = ", ".join(f"{k} {v:.1f} s" for k, v in meta["boot_seconds"].items() if v is not None)
     table.caption = (
         f"image {meta['image']['name']}-{meta['image']['digest']} · boot to SSH: "
@@ -290,7 +291,7 @@ def hop_series(data: dict) -> dict[str, HopSeries]:
             tuple(per_round[r] for r in sorted(per_round)),
             summary.get("p99_us") if panel == "latency" else None,
         )
-        path = _path_label(rec)
+        path = path_label(rec)
         series.setdefault(f"{path} {rec['type']}", HopSeries(panel, path)).points.append(point)
     if len({p.hops for s in series.values() for p in s.points}) < 2:
         return {}
@@ -436,20 +437,19 @@ def _plot_hops(ax_tp, ax_lat, runs: list[dict], series: list[dict[str, HopSeries
     ax_lat.set_title("Request/response latency against forwarding hops (p50)")
 
 
-def plot(paths: list[Path], out: Path) -> Path:
-    """Throughput and latency per experiment; several result files are overlaid as groups.
+def figure(runs: list[dict]):
+    """Throughput and latency per experiment; several result sets are overlaid as groups.
 
-    When a file's experiments span several forwarding-hop counts (`hop_series`), a second
-    row plots the same figures against hops. It is a row of the same PNG rather than a file
-    of its own so that one run still gives one picture, wherever `plot` is called from, and
-    the bars stay next to the lines that summarise them. Other files plot as one row.
+    When a set's experiments span several forwarding-hop counts (`hop_series`), a second
+    row plots the same figures against hops. It is a row of the same figure rather than a
+    figure of its own so that one run still gives one picture, wherever it is drawn, and
+    the bars stay next to the lines that summarise them. Other sets plot as one row.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [load(p) for p in paths]
     series = [hop_series(data) for data in runs]
     if any(series):
         fig, axes = plt.subplots(2, 2, figsize=(11, 8.6))
@@ -459,6 +459,14 @@ def plot(paths: list[Path], out: Path) -> Path:
         fig, (ax_tp, ax_lat) = plt.subplots(1, 2, figsize=(11, 4.2))
         _plot_bars(ax_tp, ax_lat, runs)
     fig.tight_layout()
+    return fig
+
+
+def plot(paths: list[Path], out: Path) -> Path:
+    """`figure` of one or more result files, as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = figure([load(p) for p in paths])
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)

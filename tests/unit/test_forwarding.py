@@ -29,7 +29,7 @@ from host.forwarding import (
     proxy_command,
 )
 from host.lab import LabState, NodeState
-from host.report import _path_label, forwarding_table, hop_series
+from host.report import forwarding_table, hop_series, path_label
 from host.ssh import CommandResult
 from tests.unit.fake_middles import FakeMiddle, sample_text
 
@@ -278,7 +278,7 @@ def test_results_record_the_mode_and_each_middles_medians() -> None:
         "middles": {"m": {"cpu": 0.3, "relayed_bytes": 20}},
     }
     rec |= {"stack": None, "path": "kernel"}
-    assert _path_label(rec) == "kernel · socket-proxy"
+    assert path_label(rec) == "kernel · socket-proxy"
     table = forwarding_table({"results": [rec]})
     assert table is not None and table.row_count == 1
 
@@ -298,7 +298,7 @@ def test_kernel_forwarding_keeps_the_path_label_so_hop_series_stay_whole() -> No
         return out | ({"forward": {"mode": mode, "middles": {}}} if mode else {})
 
     results = [rec(0, "kernel"), rec(1, "kernel"), rec(2, None), rec(1, "splice-proxy")]
-    assert [_path_label(r) for r in results] == ["kernel"] * 3 + ["kernel · splice-proxy"]
+    assert [path_label(r) for r in results] == ["kernel"] * 3 + ["kernel · splice-proxy"]
     assert list(hop_series({"results": results})) == [
         "kernel stream",
         "kernel · splice-proxy stream",
