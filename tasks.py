@@ -453,6 +453,160 @@ def show(c, results=None):
     print_results(load(Path(results) if results else results_dir() / "latest.json"), console)
 
 
+# --- nightly --------------------------------------------------------------------------------
+
+NIGHTLY_CONFIG = "configs/nightly.yaml"
+NOISE_FLOORS = "configs/nightly/noise-floors.yaml"  # not a lab file: its own folder
+
+
+def _floors(path: str):
+    from host.nightly.stats import Floors
+
+    try:
+        return Floors.load(Path(path))
+    except ValueError as err:
+        raise Exit(str(err), code=2) from None
+
+
+def _result_sets(path: str, what: str):
+    from host.nightly.outcome import load_sets
+
+    try:
+        return load_sets(Path(path))
+    except ValueError as err:
+        raise Exit(f"{what}: {err}", code=2) from None
+
+
+@task(
+    help={
+        "configs": f"comma-separated lab files (default {NIGHTLY_CONFIG})",
+        "out": "output folder (default results/nightly-STAMP)",
+        "rounds": "interleaved rounds per lab (default 5: the rank test needs 5 a side)",
+        "confirm": "rounds of the confirming rerun of what looks regressed (default 3; 0: none)",
+        "baseline": "a nightly results.json or a bench result file to compare with",
+        "tiers": "comma-separated test tiers to run first: unit,netns,vm (default all; "
+        "'none' for none)",
+        "floors": f"noise floors file (default {NOISE_FLOORS})",
+        "history": "CSV history store to append to (default history/nightly.csv; 'none')",
+        "allow_different": "compare even if the fingerprints differ (named in the report)",
+        "accel": "force kvm or tcg",
+    }
+)
+def nightly(
+    c,
+    configs=NIGHTLY_CONFIG,
+    out=None,
+    rounds=5,
+    confirm=3,
+    baseline=None,
+    tiers="unit,netns,vm",
+    floors=NOISE_FLOORS,
+    history="history/nightly.csv",
+    allow_different=False,
+    accel=None,
+):
+    """The nightly run: test tiers, benchmarks in interleaved rounds, comparison with a
+    baseline, confirming rerun; writes results.json, junit.xml, report.html, summary.md.
+
+    Exit status: 0 nothing regressed, 1 a confirmed regression (or a failed test), 2 an
+    infrastructure fault (a lab that never came up, a guest lost mid-run).
+    """
+    from host.lab import terminate_on_sigterm
+    from host.nightly.run import TIERS, Plan, run
+
+    for name, value in (("rounds", rounds), ("confirm", confirm)):
+        if not str(value).isdigit():
+            raise Exit(f"--{name} must be a whole number, not {value!r}", code=2)
+    if int(rounds) < 1:
+        raise Exit("--rounds must be at least 1", code=2)
+    chosen = [] if tiers in ("none", "") else tiers.split(",")
+    if unknown := [t for t in chosen if t not in TIERS]:
+        raise Exit(f"--tiers: no tier {', '.join(unknown)} (tiers: {', '.join(TIERS)})", code=2)
+    plan = Plan(
+        configs=[_load(path) for path in configs.split(",")],
+        out=Path(out or f"results/nightly-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"),
+        rounds=int(rounds),
+        confirm_rounds=int(confirm),
+        tiers=chosen,
+        baseline=_result_sets(baseline, "--baseline") if baseline else None,
+        baseline_path=Path(baseline) if baseline else None,
+        floors=_floors(floors),
+        history=None if history in (None, "none", "") else Path(history),
+        allow_different=allow_different,
+        accel=accel,
+    )
+    _check_injection()
+    terminate_on_sigterm()
+    outcome = run(plan, _say)
+    console.print(Path(plan.out / "summary.md").read_text(), highlight=False)
+    if outcome.status:
+        raise Exit(f"nightly: {outcome.status_text}", code=outcome.status)
+
+
+@task(
+    help={
+        "floors": f"noise floors file (default {NOISE_FLOORS})",
+        "out": "HTML page to write (default: none)",
+        "allow_different": "compare even if the fingerprints differ (named in the output)",
+        "calibrate": "A and B are runs of one commit: print the noise floors they imply",
+    }
+)
+def compare(c, a, b, floors=NOISE_FLOORS, out=None, allow_different=False, calibrate=False):
+    """Compare two result sets (bench result files or nightly results.json) with the
+    nightly's statistics: a table, and an HTML page with --out. Exit 1 if B regressed."""
+    from host.nightly.fingerprint import Incomparable
+    from host.nightly.outcome import Outcome, compare_sets
+    from host.nightly.pages import html, markdown
+    from host.nightly.stats import calibrate as floors_from
+
+    base, cand = _result_sets(a, "A"), _result_sets(b, "B")
+    try:
+        comparisons, diffs = compare_sets(base, cand, _floors(floors), allow_different)
+    except Incomparable as err:
+        raise Exit(str(err), code=2) from None
+    outcome = Outcome(
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        candidate=cand,
+        baseline=base,
+        comparisons=comparisons,
+        differences=diffs,
+    )
+    console.print(markdown(outcome, out or "(no page: --out)"), highlight=False)
+    if out:
+        Path(out).write_text(html(outcome, title=f"compare {Path(a).name} -> {Path(b).name}"))
+        _say(f"page: {out}")
+    if calibrate:
+        implied = floors_from([comparisons])
+        _say(f"noise floors implied by this A/A pair (max |ratio-1| x 1.25): {implied}")
+    if outcome.regressions:
+        raise Exit(f"{len(outcome.regressions)} metric(s) regressed", code=1)
+
+
+@task(
+    help={
+        "store": "CSV history store (default history/nightly.csv)",
+        "out": "folder for the plots (default results/history)",
+        "fingerprint": "only this fingerprint (default: the newest night's)",
+    }
+)
+def history(c, store="history/nightly.csv", out="results/history", fingerprint=None):
+    """Plot each metric over the nights and flag change points (ruptures)."""
+    from host.nightly import history as store_
+
+    try:
+        rows = store_.load(Path(store))
+    except (OSError, ValueError) as err:
+        raise Exit(f"{store}: {err}", code=2) from None
+    paths = store_.plot_history(rows, Path(out), fingerprint)
+    for flagged in store_.flag(rows, fingerprint):
+        _say(
+            f"change point: {flagged.experiment} · {flagged.metric} at "
+            f"{flagged.at.commit[:10]} ({flagged.at.created}): {flagged.before:.4g} -> "
+            f"{flagged.after:.4g}"
+        )
+    _say(f"{len(paths)} file(s) in {out} (index.md lists them)")
+
+
 # --- development ----------------------------------------------------------------------------
 
 
@@ -475,7 +629,7 @@ def lint(c):
     c.run(f"{lint_imports} --no-cache", env={"PYTHONPATH": str(ROOT)})
 
 
-ns = Collection(doctor, bench, plot, show, test, lint)
+ns = Collection(doctor, bench, plot, show, nightly, compare, history, test, lint)
 ns.add_collection(Collection("image", build=image_build, manifest=image_manifest))
 ns.add_collection(
     Collection(

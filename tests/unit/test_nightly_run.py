@@ -1,0 +1,80 @@
+"""The nightly's last step on seeded result sets: what it writes, the status it returns, and
+which experiments a confirming rerun takes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from junitparser import Failure, JUnitXml
+
+from host.nightly import history
+from host.nightly.outcome import FAULT, OK, REGRESSED, Outcome
+from host.nightly.run import Plan, _rerun_names, finish
+from host.nightly.stats import Floors
+from tests.unit.nightly_data import result_set
+
+FLOORS = Floors({"tcg": {"throughput": 0.15, "p50 latency": 0.15}}, default=0.05)
+
+
+def night(tmp_path: Path, cand: dict, base: dict | None, faults=()) -> tuple[Outcome, Plan]:
+    plan = Plan(
+        configs=[],
+        out=tmp_path / "out",
+        baseline=[base] if base else None,
+        floors=FLOORS,
+        history=tmp_path / "history.csv",
+    )
+    plan.out.mkdir()
+    outcome = Outcome("2026-12-06T02:30:00Z", [cand], faults=list(faults))
+    return finish(outcome, plan, lambda _m: None), plan
+
+
+def test_a_confirmed_regression_fails_and_every_output_is_written(tmp_path: Path) -> None:
+    cand = result_set(seed=6, rounds=8, mono_factor=0.85)
+    cand["metadata"]["confirmed"] = ["mono-stream", "factored-stream"]
+    outcome, plan = night(tmp_path, cand, result_set(seed=5))
+    assert outcome.status == REGRESSED
+    assert {c.experiment for c in outcome.regressions} <= {
+        "nightly/mono-stream",
+        "nightly/factored-stream",
+    }
+    assert all(c.confirmed for c in outcome.regressions)
+    names = {p.name for p in plan.out.iterdir()}
+    assert {"results.json", "junit.xml", "report.html", "summary.md"} <= names
+    saved = json.loads((plan.out / "results.json").read_text())
+    assert saved["nightly"]["status"] == REGRESSED and saved["labs"][0]["results"]
+    failures = [
+        case.name
+        for suite in JUnitXml.fromfile(str(plan.out / "junit.xml"))
+        for case in suite
+        if any(isinstance(r, Failure) for r in case.result)
+    ]
+    assert "nightly/mono-stream · throughput/kernel" in failures
+    rows = history.load(plan.history)
+    assert {r.metric for r in rows} >= {"throughput", "throughput/kernel", "p50 latency"}
+
+
+def test_a_regression_never_rerun_is_not_reported_as_one(tmp_path: Path) -> None:
+    outcome, _ = night(tmp_path, result_set(seed=6, rounds=8, mono_factor=0.85), result_set(5))
+    assert outcome.status == OK
+    assert any(c.verdict == "regressed" and c.confirmed is False for c in outcome.comparisons)
+
+
+def test_a_fault_outranks_the_rest_and_no_baseline_only_records(tmp_path: Path) -> None:
+    outcome, plan = night(tmp_path, result_set(seed=6), None, ["lab x: guest m never booted"])
+    assert outcome.status == FAULT
+    xml = JUnitXml.fromfile(str(plan.out / "junit.xml"))
+    assert [s.name for s in xml] == ["benchmarks.nightly", "infrastructure.nightly"]
+    assert "No baseline" in (plan.out / "report.html").read_text()
+
+
+def test_an_incomparable_baseline_is_a_fault_naming_the_difference(tmp_path: Path) -> None:
+    outcome, _ = night(tmp_path, result_set(seed=6), result_set(seed=5, accel="kvm"))
+    assert outcome.status == FAULT and "accel: kvm -> tcg" in outcome.faults[0]
+
+
+def test_a_rerun_takes_the_suspects_and_their_kernel_references() -> None:
+    data = result_set(seed=1)
+    assert _rerun_names(data, {"nightly/factored-stream"}) == ["kernel-stream", "factored-stream"]
+    assert _rerun_names(data, {"nightly/kernel-rr"}) == ["kernel-rr"]
