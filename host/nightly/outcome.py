@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host.nightly import fingerprint
+from host.nightly.crosscheck import cross_check
 from host.nightly.metrics import extract
 from host.nightly.stats import Comparison, Floors, compare, regressions
 
@@ -100,6 +101,7 @@ class Outcome:
             "faults": self.faults,
             "tiers": [t.__dict__ for t in self.tiers],
             "comparisons": [c.as_dict() for c in self.comparisons],
+            "cross_check": {d["metadata"]["lab"]: cross_check(d) for d in self.candidate},
         }
 
 

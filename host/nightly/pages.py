@@ -10,6 +10,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from host.experiments import EXPERIMENT_TYPES
 from host.nightly import fingerprint, plots
+from host.nightly.crosscheck import cross_check
 from host.nightly.junit import describe
 from host.nightly.outcome import FAULT, OK, Outcome
 from host.nightly.stats import ALPHA, CONFIDENCE, Comparison
@@ -79,6 +80,13 @@ def _lab_section(data: dict, baseline: dict | None = None) -> dict:
         "rows": rows,
         "svg": plots.results_svg([baseline, data] if baseline else [data]),
         "sweeps": plots.sweep_svgs(data),
+        "cross_check": [
+            {
+                k: (_num(v, ratio=k == "ratio") if isinstance(v, float) else v)
+                for k, v in row.items()
+            }
+            for row in cross_check(data)
+        ],
     }
 
 

@@ -100,3 +100,29 @@ def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert pixels.shape[0] == 2400 and pixels.shape[1] == 1280
     ink = (pixels[..., :3].mean(axis=2) < 0.6).mean()  # dark pixels: text, lines, bars
     assert 0.01 < ink < 0.5, f"the page looks blank or black ({ink:.3f} dark)"
+
+
+def test_the_cross_check_pairs_the_kernel_stream_with_iperf3_round_by_round() -> None:
+    from host.nightly.crosscheck import cross_check
+    from tests.unit.nightly_data import record
+
+    small = record("k.msg_size-1448", "stream", "kernel", "mbit_per_s", [100.0, 110.0])
+    big = record("k.msg_size-65536", "stream", "kernel", "mbit_per_s", [400.0, 380.0])
+    for rec, size in ((small, 1448), (big, 65536)):
+        for run in rec["runs"]:
+            run["raw"] = {"client": {"msg_size": size}}
+            run["retransmits"] = 0
+    iperf = record("iperf3", "iperf3", "kernel", "mbit_per_s", [300.0, 380.0], retransmits=99)
+    iperf["runs"][1] = {"error": "boom", "round": 2}
+    rows = cross_check({"results": [small, big, iperf]})
+    assert rows == [
+        {
+            "round": 1,
+            "stream": "k.msg_size-65536",
+            "stream_mbit": 400.0,
+            "iperf3_mbit": 300.0,
+            "ratio": 0.75,
+            "stream_retransmits": 0,
+            "iperf3_retransmits": 99,
+        }
+    ]
