@@ -9,6 +9,9 @@ console log is.
 from __future__ import annotations
 
 import contextlib
+import re
+from datetime import datetime
+from pathlib import Path
 
 import libvirt
 
@@ -45,6 +48,28 @@ def domain_condition(dom: libvirt.virDomain) -> str | None:
     return text
 
 
+#: Where libvirt's QEMU driver logs each domain's start and end ("shutting down, reason=...").
+QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")
+_SHUTDOWN = re.compile(r"^(\S+ \S+): shutting down, reason=(\w+)", re.M)
+
+
+def last_shutdown(domain: str, since: float) -> str | None:
+    """What libvirt logged of a domain's end after `since` (epoch seconds): a transient
+    domain leaves no other trace once stopped. None if it logged nothing since."""
+    try:
+        text = (QEMU_LOG_DIR / f"{domain}.log").read_text(errors="replace")
+    except OSError:
+        return None
+    for stamp, reason in reversed(_SHUTDOWN.findall(text)):
+        try:
+            when = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f%z").timestamp()
+        except ValueError:
+            continue
+        if when >= since:
+            return reason
+    return None
+
+
 def lost_nodes(state: LabState) -> dict[str, str]:
     """Each node whose domain is gone or not running, with a message naming the node, what
     libvirt says and the console log's path."""
@@ -55,7 +80,12 @@ def lost_nodes(state: LabState) -> dict[str, str]:
             try:
                 condition = domain_condition(conn.lookupByName(node.domain))
             except libvirt.libvirtError:
-                condition = "no longer defined (libvirt knows no such domain)"
+                reason = last_shutdown(node.domain, state.created)
+                condition = (
+                    f"shut off: {reason} (libvirt's log; the domain is gone)"
+                    if reason
+                    else "gone (libvirt knows no such domain)"
+                )
             if condition is not None:
                 out[node.name] = (
                     f"node {node.name} lost: libvirt says domain {node.domain} is {condition}; "
