@@ -101,6 +101,23 @@ def _rerun_names(data: dict, flagged: set[str]) -> list[str]:
     return [rec["experiment"] for rec in data["results"] if rec["experiment"] in names]
 
 
+def confirm(
+    data: dict,
+    flagged: set[str],
+    rounds: int,
+    rerun: Callable[[list[str], int], list[dict]],
+    progress: Progress,
+) -> None:
+    """Rerun the suspects (`flagged`, "LAB/NAME") with their kernel references for `rounds`
+    more rounds, and add those rounds to the night's; the metadata says what was rerun."""
+    names = _rerun_names(data, flagged)
+    progress(f"confirming {', '.join(sorted(flagged))}: {rounds} more rounds of {', '.join(names)}")
+    extend(data["results"], rerun(names, rounds))
+    data["metadata"]["confirm_rounds"] = rounds
+    # the experiments' own names, as the lab file gives them
+    data["metadata"]["confirmed"] = sorted(f.split("/", 1)[1] for f in flagged)
+
+
 def run_lab(cfg: LabConfig, plan: Plan, progress: Progress) -> tuple[dict | None, list[str]]:
     """One lab's rounds and, if a gated metric looks regressed against the baseline, a
     confirming rerun of those experiments in the same lab. Returns the result set (None
@@ -124,24 +141,20 @@ def run_lab(cfg: LabConfig, plan: Plan, progress: Progress) -> tuple[dict | None
             }
             flagged = _provisional(data, plan, progress)
             if flagged and plan.confirm_rounds > 0:
-                names = _rerun_names(data, flagged)
-                progress(
-                    f"confirming {', '.join(sorted(flagged))}: {plan.confirm_rounds} more "
-                    f"rounds of {', '.join(names)}"
-                )
-                more = run_experiments(
-                    cfg,
-                    state,
-                    lab.guest,
-                    names,
-                    progress,
-                    plan.confirm_rounds,
-                    health=health,
-                    first_round=plan.rounds + 1,
-                )
-                extend(records, more)
-                data["metadata"]["confirm_rounds"] = plan.confirm_rounds
-                data["metadata"]["confirmed"] = sorted(flagged)
+
+                def rerun(names: list[str], rounds: int) -> list[dict]:
+                    return run_experiments(
+                        cfg,
+                        state,
+                        lab.guest,
+                        names,
+                        progress,
+                        rounds,
+                        health=health,
+                        first_round=plan.rounds + 1,
+                    )
+
+                confirm(data, flagged, plan.confirm_rounds, rerun, progress)
     except (LabError, GuestError, OSError) as err:
         faults.append(f"lab {cfg.lab} ({cfg.source_path}): {err}")
         progress(f"FAULT: lab {cfg.lab}: {str(err).splitlines()[0]}")

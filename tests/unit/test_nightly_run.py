@@ -10,7 +10,7 @@ from junitparser import Failure, JUnitXml
 
 from host.nightly import history
 from host.nightly.outcome import FAULT, OK, REGRESSED, Outcome
-from host.nightly.run import Plan, _rerun_names, finish
+from host.nightly.run import Plan, _provisional, _rerun_names, confirm, finish
 from host.nightly.stats import Floors
 from tests.unit.nightly_data import result_set
 
@@ -78,3 +78,32 @@ def test_a_rerun_takes_the_suspects_and_their_kernel_references() -> None:
     data = result_set(seed=1)
     assert _rerun_names(data, {"nightly/factored-stream"}) == ["kernel-stream", "factored-stream"]
     assert _rerun_names(data, {"nightly/kernel-rr"}) == ["kernel-rr"]
+
+
+def test_suspects_are_rerun_and_their_rounds_decide(tmp_path: Path) -> None:
+    """The whole confirming path: the screen names mono's ratio; the rerun (rounds 6-8 of
+    mono and its kernel reference) joins the night's; the corrected test then confirms."""
+    base = result_set(seed=5)
+    cand = result_set(seed=6, mono_factor=0.85)
+    plan = Plan(configs=[], out=tmp_path / "out", baseline=[base], floors=FLOORS, history=None)
+    flagged = _provisional(cand, plan, lambda _m: None)
+    assert "nightly/mono-stream" in flagged
+    asked: list[tuple[list[str], int]] = []
+
+    def rerun(names: list[str], rounds: int) -> list[dict]:
+        asked.append((names, rounds))
+        more = result_set(seed=7, rounds=rounds, mono_factor=0.85)
+        for rec in more["results"]:
+            for run in rec["runs"]:
+                run["round"] += 5
+        return [rec for rec in more["results"] if rec["experiment"] in names]
+
+    confirm(cand, flagged, 3, rerun, lambda _m: None)
+    assert asked[0][1] == 3 and {"kernel-stream", "mono-stream"} <= set(asked[0][0])
+    mono = next(r for r in cand["results"] if r["experiment"] == "mono-stream")
+    assert [r["round"] for r in mono["runs"]] == [1, 2, 3, 4, 5, 6, 7, 8]
+    plan.out.mkdir()
+    outcome = finish(Outcome("2026-12-06T02:30:00Z", [cand]), plan, lambda _m: None)
+    hit = {c.name: c for c in outcome.regressions}
+    assert hit["nightly/mono-stream · throughput/kernel"].confirmed is True
+    assert outcome.status == REGRESSED
