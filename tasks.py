@@ -538,7 +538,7 @@ def nightly(
     _check_injection()
     terminate_on_sigterm()
     outcome = run(plan, _say)
-    console.print(Path(plan.out / "summary.md").read_text(), highlight=False)
+    console.print(Path(plan.out / "summary.md").read_text(), highlight=False, markup=False)
     if outcome.status:
         raise Exit(f"nightly: {outcome.status_text}", code=outcome.status)
 
@@ -571,7 +571,7 @@ def compare(c, a, b, floors=NOISE_FLOORS, out=None, allow_different=False, calib
         comparisons=comparisons,
         differences=diffs,
     )
-    console.print(markdown(outcome, out or "(no page: --out)"), highlight=False)
+    console.print(markdown(outcome, out or "(no page: --out)"), highlight=False, markup=False)
     if out:
         Path(out).write_text(html(outcome, title=f"compare {Path(a).name} -> {Path(b).name}"))
         _say(f"page: {out}")
