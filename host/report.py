@@ -104,12 +104,13 @@ def results_table(data: dict) -> Table:
     return table
 
 
-def _per_round(record: dict, key: str) -> dict[int, float]:
-    """The figure of each round (the median of that round's repeats), failed runs left out."""
+def per_round(record: dict, key: str) -> dict[int, float]:
+    """The figure of each round (the median of that round's repeats), failed runs and runs
+    without a number for it left out."""
     values: dict[int, list[float]] = {}
     for run in record["runs"]:
-        if "error" not in run and run.get(key) is not None:
-            values.setdefault(run.get("round", 1), []).append(run[key])
+        if "error" not in run and isinstance(run.get(key), int | float):
+            values.setdefault(run.get("round", 1), []).append(float(run[key]))
     return {r: statistics.median(v) for r, v in values.items()}
 
 
@@ -134,7 +135,7 @@ def comparisons(results: list[dict]) -> list[dict]:
         if base is None:
             out.append(entry | {"missing": "baseline not run"})
             continue
-        mine, theirs = _per_round(rec, key), _per_round(base, key)
+        mine, theirs = per_round(rec, key), per_round(base, key)
         for r in sorted(set(mine) & set(theirs)):
             if theirs[r]:
                 entry["rounds"].append(r)
@@ -283,12 +284,12 @@ def hop_series(data: dict) -> dict[str, HopSeries]:
         key = _HOP_FIGURE[panel]
         if summary.get(key) is None:
             continue
-        per_round = _per_round(rec, key)
+        rounds = per_round(rec, key)
         point = HopPoint(
             hops,
             rec["experiment"],
             summary[key],
-            tuple(per_round[r] for r in sorted(per_round)),
+            tuple(rounds[r] for r in sorted(rounds)),
             summary.get("p99_us") if panel == "latency" else None,
         )
         path = path_label(rec)

@@ -10,11 +10,11 @@ which is what makes a same-round ratio meaningful.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from typing import Literal
 
 from host.experiments import EXPERIMENT_TYPES
+from host.report import per_round
 
 KERNEL = "kernel"
 
@@ -36,15 +36,6 @@ class Metric:
     @property
     def values(self) -> list[float]:
         return [self.samples[r] for r in sorted(self.samples)]
-
-
-def per_round(record: dict, key: str) -> dict[int, float]:
-    """The figure of each round (the median of that round's repeats), failed runs left out."""
-    values: dict[int, list[float]] = {}
-    for run in record["runs"]:
-        if "error" not in run and isinstance(run.get(key), int | float):
-            values.setdefault(run.get("round", 1), []).append(float(run[key]))
-    return {r: statistics.median(v) for r, v in values.items()}
 
 
 def kernel_reference(record: dict, by_name: dict[str, dict]) -> dict | None:
