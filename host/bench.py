@@ -438,7 +438,7 @@ def metadata(config: LabConfig, state: LabState, image_manifest: dict, rounds: i
         "lab": state.lab,
         "rounds": rounds,
         # Set only when a user asked for it: the figures of such a run are slowed on purpose.
-        "fault_injection": {"rx_us": injected_rx_us()} if injected_rx_us() else None,
+        "fault_injection": {"rx_us": rx_us} if (rx_us := injected_rx_us()) else None,
         "boot_seconds": {n.name: n.boot_seconds for n in state.nodes},
         "config": config.to_dict(),
     }

@@ -231,12 +231,13 @@ def finish(outcome: Outcome, plan: Plan, progress: Progress) -> Outcome:
         json.dumps({"nightly": outcome.as_dict(), "labs": outcome.candidate}, indent=2) + "\n"
     )
     suites = junit.tier_suites({t.name: out / t.report for t in outcome.tiers if t.report})
+    failed_runs = outcome.experiment_errors()
     for data in outcome.candidate:
         lab = data["metadata"]["lab"]
         mine = [c for c in outcome.comparisons if c.experiment.startswith(f"{lab}/")]
         if not mine:  # no baseline: each metric still gets its case, with its figures
             mine = compare([], extract(data), plan.floors, data["metadata"]["accel"])
-        errors = {k: v for k, v in outcome.experiment_errors().items() if k.startswith(f"{lab}/")}
+        errors = {k: v for k, v in failed_runs.items() if k.startswith(f"{lab}/")}
         suites.append(
             junit.benchmark_suite(lab, mine, errors, outcome.elapsed_s, plan.baseline is not None)
         )

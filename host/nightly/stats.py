@@ -176,9 +176,8 @@ def compare(
 ) -> list[Comparison]:
     """Every metric of either side, paired by experiment and figure, with a verdict."""
     by_key = {(m.experiment, m.figure): m for m in base}
-    keys = [(m.experiment, m.figure) for m in cand]
-    keys += [k for k in by_key if k not in set(keys)]
     mine = {(m.experiment, m.figure): m for m in cand}
+    keys = [*mine, *(k for k in by_key if k not in mine)]
     out = [
         compare_one(by_key.get(k), mine.get(k), floors.floor(accel, k[1]), seed=i)
         for i, k in enumerate(keys)
