@@ -401,8 +401,11 @@ def cpu_model() -> str | None:
 
 
 def placement(state: LabState) -> str:
-    """Each node's vCPUs; they float over the host's CPUs (no pinning)."""
-    return " ".join(f"{n.name}={n.vcpus}" for n in state.nodes) + " unpinned"
+    """Each node's vCPUs and where they run: 'a=1@0 b=1@1', or 'a=1 b=1 unpinned' when
+    every node floats over the host's CPUs (the form results had before pinning existed)."""
+    if all(n.cpuset is None for n in state.nodes):
+        return " ".join(f"{n.name}={n.vcpus}" for n in state.nodes) + " unpinned"
+    return " ".join(f"{n.name}={n.vcpus}@{n.cpuset or 'any'}" for n in state.nodes)
 
 
 def metadata(config: LabConfig, state: LabState, image_manifest: dict, rounds: int = 1) -> dict:

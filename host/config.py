@@ -43,6 +43,7 @@ from guest.stack.device.kinds import DEFAULT_DEVICE, DEVICE_KINDS
 from guest.stack.factored.boundaries import BOUNDARIES, DEFAULT_BOUNDARY
 from guest.stack.offloads import Offloads
 from guest.traffic.providers import PROVIDERS
+from host import cpusets
 from host.experiments import EXPERIMENT_TYPES
 from host.experiments import options as experiment_options
 from host.fields import (
@@ -167,6 +168,8 @@ EndpointPair = Annotated[list[NodeName], Field(min_length=2, max_length=2)]
 
 Vcpus = Annotated[int, NO_BOOL, Field(ge=1, le=8)]
 MemoryMib = Annotated[int, NO_BOOL, Field(ge=256, le=16384)]
+#: Host CPUs a node's vCPUs (and its QEMU threads) are pinned to; None floats over all.
+CpuSet = Annotated[str, AfterValidator(cpusets.check)]
 Mtu = Annotated[int, NO_BOOL, Field(ge=68, le=9216)]
 Repeat = Annotated[int, NO_BOOL, Field(ge=1, le=100)]
 DurationS = Annotated[float, NO_BOOL, Field(gt=0, le=3600)]
@@ -186,6 +189,7 @@ class DefaultsConfig(_Strict):
 
     vcpus: Vcpus = 1
     memory_mib: MemoryMib = 512
+    cpuset: CpuSet | None = None
 
 
 class NodeConfig(_Strict):
@@ -195,6 +199,7 @@ class NodeConfig(_Strict):
     name: NodeName
     vcpus: Vcpus | None = None
     memory_mib: MemoryMib | None = None
+    cpuset: CpuSet | None = None
 
 
 class LinkConfig(_Strict):
@@ -455,6 +460,8 @@ class LabConfig(_Strict):
             node.vcpus = self.defaults.vcpus if node.vcpus is None else node.vcpus
             if node.memory_mib is None:
                 node.memory_mib = self.defaults.memory_mib
+            if node.cpuset is None:
+                node.cpuset = self.defaults.cpuset
         for index, link in enumerate(self.links):
             if link.addresses is None:
                 link.addresses = [IPv4Interface(f"198.18.{index + 1}.{k}/24") for k in (1, 2)]

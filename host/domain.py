@@ -55,6 +55,7 @@ class NodeSpec:
     accel: str  # "kvm" or "tcg"
     vcpus: int
     memory_mib: int
+    cpuset: str | None  # host CPUs for the vCPUs and QEMU's own threads; None: unpinned
     kernel: str
     initrd: str
     disk: str
@@ -90,6 +91,13 @@ def _nic_xml(nic: Nic, slot: int) -> str:
     </interface>"""
 
 
+def _vcpu_xml(spec: NodeSpec) -> str:
+    """libvirt pins the vCPU threads and the emulator's to `cpuset` when one is given."""
+    if spec.cpuset is None:
+        return f"<vcpu>{spec.vcpus}</vcpu>"
+    return f"<vcpu placement='static' cpuset='{spec.cpuset}'>{spec.vcpus}</vcpu>"
+
+
 def domain_xml(spec: NodeSpec) -> str:
     """The full domain definition; `accel` picks libvirt's domain type (kvm, or qemu for TCG)."""
     dom_type = "kvm" if spec.accel == "kvm" else "qemu"
@@ -109,7 +117,7 @@ def domain_xml(spec: NodeSpec) -> str:
   <name>{escape(spec.domain_name)}</name>
   <metadata>{meta}</metadata>
   <memory unit='MiB'>{spec.memory_mib}</memory>
-  <vcpu>{spec.vcpus}</vcpu>
+  {_vcpu_xml(spec)}
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{escape(spec.kernel)}</kernel>

@@ -55,6 +55,7 @@ class NodeState:
     vcpus: int
     memory_mib: int
     nics: list[dict] = field(default_factory=list)
+    cpuset: str | None = None  # host CPUs it is pinned to; None: unpinned
     boot_seconds: float | None = None
     #: Static routes set at bring-up (host.routing): subnet, via, link, dev.
     routes: list[dict] = field(default_factory=list)
@@ -220,6 +221,7 @@ class Lab:
                     accel=accel,
                     vcpus=node.vcpus,
                     memory_mib=node.memory_mib,
+                    cpuset=node.cpuset,
                     kernel=str(self.image.kernel),
                     initrd=str(self.image.initrd),
                     disk=str(self._run_dir / f"{node.name}.qcow2"),
@@ -292,6 +294,7 @@ class Lab:
                     console_log=spec.console_log,
                     vcpus=spec.vcpus,
                     memory_mib=spec.memory_mib,
+                    cpuset=spec.cpuset,
                     nics=[
                         {
                             "name": n.name,

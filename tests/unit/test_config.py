@@ -173,7 +173,7 @@ def test_to_dict_is_json_and_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
     data = json.loads(json.dumps(load_lab("configs/default.yaml").to_dict()))
     assert data["source_path"] == "configs/default.yaml"
     assert data["links"][0]["addresses"] == ["198.18.1.1/24", "198.18.1.2/24"]
-    assert data["nodes"][1] == {"name": "b", "vcpus": 1, "memory_mib": 512}
+    assert data["nodes"][1] == {"name": "b", "vcpus": 1, "memory_mib": 512, "cpuset": None}
     assert data["experiments"][0]["link"] == "a-b"
 
 
