@@ -43,6 +43,13 @@ class TcpConfig:
     #: With SACK in use, recover from losses the RFC 6675 way (retransmit every hole the
     #: scoreboard shows as lost, paced by `pipe`) instead of NewReno's one hole per RTT.
     sack_recovery: bool = True
+    #: RFC 8985 RACK: with SACK in use, a segment is lost once one sent after it was delivered
+    #: and a reordering window passed (finds lost retransmissions and tail losses), instead
+    #: of RFC 6675's count of SACKed bytes above it.
+    rack: bool = True
+    #: RFC 8985 tail loss probe: with RACK, probe after two round trips without an ACK
+    #: rather than wait for the retransmission timer.
+    tlp: bool = True
     #: Disable Nagle's algorithm (RFC 9293 section 3.7.4); on by default because the benchmarks
     #: measure request/response latency.
     nodelay: bool = True

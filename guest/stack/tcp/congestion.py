@@ -137,6 +137,13 @@ class NewReno:
         self.dup_acks = 0
         self.cwnd = self.ssthresh
 
+    def on_loss_repaired(self) -> None:
+        """A tail loss probe repaired a loss by itself (RFC 8985 section 7.4.2): reduce the
+        window as a fast recovery would have, without entering one."""
+        self.ssthresh = max(self.cwnd // 2, 2 * self.mss)
+        self.cwnd = self.ssthresh
+        self._ca_bytes = 0
+
     def on_timeout(self, flight: int, snd_max: int, first: bool) -> None:
         """The retransmission timer expired (RFC 5681 section 3.1, RFC 6582 section 4)."""
         if first:

@@ -33,6 +33,7 @@ from .events import (
     TcpSendSpaceAvailable,
 )
 from .options import Negotiated, max_sack_blocks, negotiate, sack_option_space, window_shift_for
+from .rack import Rack, SentLog, probe_timeout
 from .recvbuf import ReceiveBuffer
 from .reset import reset_for
 from .rto import RtoEstimator
@@ -172,6 +173,18 @@ class TcpConnection:
         self._rtx_episode_ts = 0
         # RFC 6675 HighRxt: highest sequence number retransmitted in this SACK recovery.
         self._high_rxt = iss
+        # RFC 8985 RACK-TLP, once SACK is negotiated: every segment's last transmit time, the
+        # reordering timer, the probe timer and the probe in flight (its end, and whether it
+        # resent data rather than sending new).
+        self._rack_on = False
+        self._log = SentLog()
+        self._rack = Rack()
+        self._rack_deadline: float | None = None
+        self._tlp_deadline: float | None = None
+        self._tlp_end: int | None = None
+        self._tlp_retrans = False
+        self._tlp_rearm = False  # new data went out or an ACK came: schedule the probe anew
+        self._rack_fast_rtx = False  # a recovery just began: its first resend ignores pipe
         self._rcv_unacked = 0
         self._send_blocked = False
         self._challenge_epoch = float("-inf")
@@ -291,8 +304,15 @@ class TcpConnection:
     def poll(self, now: float) -> list[TcpRepr]:
         """Run expired timers and return every segment that should be transmitted now."""
         out: list[TcpRepr] = []
+        # The probe first: its timer is never set later than the retransmission timer, and
+        # when both are due the probe (which re-arms that timer) is RFC 8985's answer.
+        if self._tlp_deadline is not None and now >= self._tlp_deadline:
+            self._on_probe_timeout(now, out)
         if self._rtx_deadline is not None and now >= self._rtx_deadline:
             self._on_rto(now)
+        if self._rack_deadline is not None and now >= self._rack_deadline:
+            self._rack_deadline = None
+            self._rack_detect(now)
         if self._persist_deadline is not None and now >= self._persist_deadline:
             self._on_persist(now, out)
         if self._delack_deadline is not None and now >= self._delack_deadline:
@@ -313,6 +333,8 @@ class TcpConnection:
                 out.append(self._syn_segment(now))
             if st in TRANSMITTING:
                 self._output(now, out)
+                if self._rack_on:
+                    self._arm_probe(now)
             if self._ack_now and st is not TcpState.SYN_SENT:
                 out.append(self._segment(self._ack_seq(), _ACK, b"", now))
         self._stats.segments_out += len(out)
@@ -323,6 +345,8 @@ class TcpConnection:
         best: float | None = None
         for deadline in (
             self._rtx_deadline,
+            self._rack_deadline,
+            self._tlp_deadline,
             self._persist_deadline,
             self._delack_deadline,
             self._timewait_deadline,
@@ -477,6 +501,7 @@ class TcpConnection:
         self._ts_enabled = neg.timestamps
         self._sack_enabled = neg.sack
         self._max_sack = max_sack_blocks(neg.timestamps) if neg.sack else 0
+        self._rack_on = neg.sack and self.config.sack_recovery and self.config.rack
         self._send_mss = neg.send_mss
         self._mss = max(neg.payload_mss, 1)
 
@@ -670,6 +695,8 @@ class TcpConnection:
             self._take_sack(seg.sack_blocks, ack)
         if ack > snd_una:
             self._on_new_ack(seg, ack, now)
+            if self._tlp_end is not None and ack >= self._tlp_end:
+                self._end_probe_episode(ack, seg)
         elif (
             ack == snd_una
             and plen == 0
@@ -679,7 +706,9 @@ class TcpConnection:
         ):
             # RFC 5681 section 2 definition of a duplicate acknowledgment.
             self._on_dup_ack()
-        if self._sb and self._sack_enabled and self.config.sack_recovery:
+        if self._rack_on:
+            self._rack_on_ack(seg, ack, snd_una, now)
+        elif self._sb and self._sack_enabled and self.config.sack_recovery:
             self._check_sack_loss()
         self._update_send_window(seq, ack, wnd)
         self._persist_unanswered = 0
@@ -748,6 +777,7 @@ class TcpConnection:
             self._rtx_deadline = None
         elif not (action and action & CcAction.KEEP_TIMER):
             self._rtx_deadline = now + self._rto.rto
+        self._tlp_rearm = True
         if self._send_blocked and data_acked > 0:
             self._send_blocked = False
             self._events.append(TcpSendSpaceAvailable(self._tx.free))
@@ -777,6 +807,158 @@ class TcpConnection:
             self._rtx_head = True
             self._rtx_head_timeout = False
             self._stats.fast_recoveries += 1
+
+    # ------------------------------------------------------------------ RACK-TLP (RFC 8985)
+
+    def _rack_on_ack(self, seg: TcpRepr, ack: int, old_una: int, now: float) -> None:
+        """RFC 8985 section 6.2 steps 1-5 for one ACK: the segments it reports delivered, in
+        ascending order (cumulatively acknowledged, then SACKed), update RACK; then look for
+        losses, but only when something says there may be one (SACKed data above a hole, or a
+        recovery going on): an ACK that only advances SND.UNA cannot reveal a loss."""
+        rack = self._rack
+        log = self._log
+        ts = seg.timestamp
+        tsecr = ts[1] if ts is not None and self._ts_enabled else None
+        if ack > old_una:
+            for sent in log.acked(ack):
+                rack.update(sent, now, tsecr)
+        if seg.sack_blocks:
+            for left, right in seg.sack_blocks:
+                start = unwrap(left, ack)
+                for sent in log.sacked(start, start + ((right - left) & SEQ_MASK)):
+                    rack.update(sent, now, tsecr)
+        if self._sb or self._cc.in_recovery or self._rack_deadline is not None:
+            self._rack_detect(now)
+
+    def _rack_detect(self, now: float) -> None:
+        """Mark what RACK finds lost, arm the reordering timer for what may yet arrive, and
+        start a recovery (one cwnd reduction per episode, RFC 6582's `recover` rule) when the
+        losses are new."""
+        cc = self._cc
+        srtt = self._rto.srtt
+        reo_wnd = self._rack.reo_wnd(
+            cc.in_recovery, self._sb.sacked_bytes, cc.mss, srtt if srtt is not None else 1.0
+        )
+        newly, deadline = self._rack.detect(self._log, now, reo_wnd)
+        self._rack_deadline = deadline
+        if not newly:
+            return
+        self._stats.rack_lost += newly
+        una = self.snd_una
+        if not cc.in_recovery and una > cc.recover:
+            cc.enter_sack_recovery(self.snd_max - una, self.snd_max)
+            self._high_rxt = una
+            self._stats.fast_recoveries += 1
+            self._rack_fast_rtx = True
+            self._tlp_end = None  # the recovery's reduction answers whatever the probe found
+
+    def _rack_pipe(self) -> int:
+        """Octets in the network (RFC 6675 SetPipe with RACK's losses, as Linux counts it):
+        sent and not yet SACKed, minus what is marked lost and not resent. After a timeout
+        only what was sent again since (below SND.NXT) counts."""
+        una = self.snd_una
+        upper = self.snd_nxt if self.snd_nxt < self.snd_max else self.snd_max
+        pipe = upper - una - self._sb.sacked_between(una, upper) - self._log.lost_bytes(upper)
+        return pipe if pipe > 0 else 0
+
+    def _rack_retransmit(self, out: list[TcpRepr], mss: int, now: float) -> int | None:
+        """Resend what RACK marked lost, lowest first, while cwnd - pipe >= 1 SMSS (RFC 6675
+        section 5 step (C), NextSeg() rule 1 being "marked lost"); the first of a recovery goes
+        whatever pipe says (step (4.3), the fast retransmit). A lost retransmission is
+        marked again and resent again: RFC 6675 alone would wait for the timer. Returns pipe
+        in a SACK recovery (for the new data that may follow), None outside one."""
+        cc = self._cc
+        log = self._log
+        recovering = cc.in_recovery and cc.sack_mode
+        seg = log.first_lost()
+        if seg is None:
+            return self._rack_pipe() if recovering else None
+        pipe = self._rack_pipe()
+        data_end = self._tx_seq + len(self._tx)
+        fin_seq = self._fin_seq
+        force = self._rack_fast_rtx
+        self._rack_fast_rtx = False
+        while seg is not None and (force or cc.cwnd - pipe >= mss):
+            force = False
+            seq = seg.start
+            n = min(mss, seg.end - seq, max(data_end - seq, 0))
+            fin = fin_seq is not None and seq + n == fin_seq and fin_seq < self.snd_max
+            if n <= 0 and not fin:
+                seg.lost = False  # nothing left to send there (cannot happen; never loop)
+            else:
+                self._stats.retransmits_fast += 1
+                self._emit(out, seq, n, fin, now)
+                pipe += n
+            seg = log.first_lost()
+        return pipe if recovering else None
+
+    def _arm_probe(self, now: float) -> None:
+        """RFC 8985 section 7.2: after new data went out or an ACK came, schedule a tail loss
+        probe, unless a recovery or a timeout is handling losses or a probe is in flight."""
+        if self.snd_max <= self.snd_una:
+            self._tlp_deadline = None
+            return
+        if not self._tlp_rearm:
+            return
+        self._tlp_rearm = False
+        if (
+            not self.config.tlp
+            or self._cc.in_recovery
+            or self._tlp_end is not None
+            or self._retries
+            or self._rtx_deadline is None
+        ):
+            self._tlp_deadline = None
+            return
+        flight = self.snd_max - self.snd_una
+        pto = probe_timeout(self._rto.srtt, -(-flight // self._mss), self._rtx_deadline - now)
+        self._tlp_deadline = now + pto
+
+    def _on_probe_timeout(self, now: float, out: list[TcpRepr]) -> None:
+        """RFC 8985 section 7.3: no ACK for two round trips: send one new segment if the
+        windows allow, else resend the last one, so that an ACK (with SACK blocks) comes
+        back and RACK can find a tail loss without waiting for the retransmission timer."""
+        self._tlp_deadline = None
+        una = self.snd_una
+        snd_max = self.snd_max
+        if (
+            self.state not in TRANSMITTING
+            or snd_max <= una
+            or self._cc.in_recovery
+            or self._tlp_end is not None
+        ):
+            return
+        mss = self._mss
+        data_end = self._tx_seq + len(self._tx)
+        fin_seq = self._fin_seq
+        room = una + self.snd_wnd - snd_max
+        if self.snd_nxt == snd_max and data_end > snd_max and room > 0:
+            n = min(mss, data_end - snd_max, room)
+            self._emit(out, snd_max, n, fin_seq is not None and snd_max + n == fin_seq, now)
+            self._tlp_retrans = False
+        else:
+            fin = fin_seq is not None and fin_seq < snd_max
+            data_hi = min(snd_max, data_end)
+            seq = max(data_hi - mss, una)
+            n = max(data_hi - seq, 0)
+            if n == 0 and not fin:
+                return
+            self._stats.retransmits_fast += 1
+            self._emit(out, seq, n, fin, now)
+            self._tlp_retrans = True
+        self._stats.tlp_probes += 1
+        self._tlp_end = self.snd_max
+        self._rtx_deadline = now + self._rto.rto
+
+    def _end_probe_episode(self, ack: int, seg: TcpRepr) -> None:
+        """RFC 8985 section 7.4: an ACK reached the probe's end. If it acknowledges exactly up
+        to a resent probe, with no D-SACK saying the probe was a duplicate, the probe repaired
+        a loss and the window is reduced as a fast recovery would (Linux does the same)."""
+        if self._tlp_retrans and ack == self._tlp_end and not _has_dsack(seg, ack):
+            self._cc.on_loss_repaired()
+            self._stats.tlp_repairs += 1
+        self._tlp_end = None
+        self._tlp_retrans = False
 
     def _sample_rtt(self, seg: TcpRepr, ack: int, now: float) -> None:
         """Take an RTT sample if one is valid (RFC 6298 section 3, RFC 7323 section 4).
@@ -1017,6 +1199,10 @@ class TcpConnection:
         self.snd_nxt = self.snd_una
         self._rtx_head = True
         self._rtx_head_timeout = True
+        # The go-back-N resend covers whatever RACK marked; no probe until data is acked.
+        self._log.forget_losses()
+        self._tlp_end = None
+        self._tlp_deadline = None
 
     def _on_persist(self, now: float, out: list[TcpRepr]) -> None:
         """Persist timer (RFC 9293 section 3.8.6.1): probe a zero window, or send what a small
@@ -1079,7 +1265,10 @@ class TcpConnection:
         if self._rtx_head:
             self._retransmit_head(out, mss, now)
         cc = self._cc
-        pipe = self._sack_retransmit(out, mss, now) if cc.in_recovery and cc.sack_mode else None
+        if self._rack_on:
+            pipe = self._rack_retransmit(out, mss, now)
+        else:
+            pipe = self._sack_retransmit(out, mss, now) if cc.in_recovery and cc.sack_mode else None
         if self.config.slow_start_after_idle:
             self._restart_after_idle(now)
         self._send_from_snd_nxt(out, mss, pipe, now)
@@ -1323,6 +1512,10 @@ class TcpConnection:
             flags |= _FIN
         out.append(self._segment(seq, flags, payload, now))
         end = seq + n + (1 if fin else 0)
+        if self._rack_on:
+            self._log.on_send(seq, end, self.snd_max, now, self._ts_now(now))
+            if end > self.snd_max:
+                self._tlp_rearm = True
         stats = self._stats
         stats.bytes_out += n
         if seq < self.snd_max:
@@ -1465,3 +1658,18 @@ class TcpConnection:
     def _ts_now(self, now: float) -> int:
         """TSval for time `now` (RFC 7323 section 5.4: a 1 ms clock plus a random offset)."""
         return (int(now * _TS_HZ) + self._ts_offset) & SEQ_MASK
+
+
+def _has_dsack(seg: TcpRepr, ack: int) -> bool:
+    """RFC 2883 section 4: the first SACK block reports a duplicate when it lies below the
+    cumulative ACK or inside the second block."""
+    blocks = seg.sack_blocks
+    if not blocks:
+        return False
+    left, right = blocks[0]
+    if seq_lt(left, ack & SEQ_MASK):
+        return True
+    if len(blocks) > 1:
+        left2, right2 = blocks[1]
+        return not seq_lt(left, left2) and not seq_lt(right2, right)
+    return False

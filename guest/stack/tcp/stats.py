@@ -26,6 +26,13 @@ class TcpStats:
     #: Expirations of the retransmission timer (SYN and data).
     timeouts: int = 0
     fast_recoveries: int = 0
+    #: Segments RACK marked lost (RFC 8985), lost retransmissions included.
+    rack_lost: int = 0
+    #: Tail loss probes sent (RFC 8985 section 7.3); a probe that resends counts as a fast
+    #: retransmission too.
+    tlp_probes: int = 0
+    #: Probes that repaired a loss on their own (RFC 8985 section 7.4).
+    tlp_repairs: int = 0
     dup_acks_in: int = 0
     out_of_order_in: int = 0
     #: Segments whose data was entirely old (already received).
