@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .controllers import CONGESTION_CONTROLS, DEFAULT_CC
+
 #: Smallest send MSS accepted from a peer; Linux clamps to 48 (`tcp_min_snd_mss`) so that a
 #: hostile tiny MSS cannot turn one write into thousands of segments.
 MIN_MSS = 48
@@ -50,6 +52,8 @@ class TcpConfig:
     #: RFC 8985 tail loss probe: with RACK, probe after two round trips without an ACK
     #: rather than wait for the retransmission timer.
     tlp: bool = True
+    #: Congestion controller, by name (`controllers.CONGESTION_CONTROLS`): NewReno or CUBIC.
+    cc: str = DEFAULT_CC
     #: Disable Nagle's algorithm (RFC 9293 section 3.7.4); on by default because the benchmarks
     #: measure request/response latency.
     nodelay: bool = True
@@ -110,6 +114,9 @@ class TcpConfig:
             raise ValueError("need 0 < min_rto <= max_rto")
         if not self.min_rto <= self.initial_rto <= self.max_rto:
             raise ValueError("initial_rto must lie within [min_rto, max_rto]")
+        if self.cc not in CONGESTION_CONTROLS:
+            known = ", ".join(CONGESTION_CONTROLS)
+            raise ValueError(f"congestion control {self.cc!r} is not one of {known}")
         if self.initial_window < 1:
             raise ValueError("initial_window must be at least one segment")
         if self.msl < 0 or self.delayed_ack_timeout <= 0:

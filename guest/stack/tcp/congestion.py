@@ -58,8 +58,13 @@ class NewReno:
         self._partial_seen = False
         self._ca_bytes = 0
 
-    def on_new_ack(self, ack: int, acked: int, snd_max: int) -> CcAction:
-        """An ACK advanced SND.UNA by `acked` bytes to `ack`."""
+    name = "newreno"
+
+    def on_new_ack(
+        self, ack: int, acked: int, snd_max: int, now: float = 0.0, rtt: float | None = None
+    ) -> CcAction:
+        """An ACK advanced SND.UNA by `acked` bytes to `ack` at time `now`; `rtt` is the
+        smoothed round-trip time if known (controllers whose growth follows time use both)."""
         self.dup_acks = 0
         mss = self.mss
         if self.in_recovery:
@@ -88,13 +93,20 @@ class NewReno:
             # RFC 5681 section 3.1 equation (2): cwnd += min(N, SMSS).
             self.cwnd += min(acked, mss)
         else:
-            # Congestion avoidance: one SMSS per cwnd of acknowledged bytes (the byte-counting
-            # form RFC 5681 section 3.1 allows instead of equation (3)).
-            self._ca_bytes += acked
-            if self._ca_bytes >= self.cwnd:
-                self._ca_bytes -= self.cwnd
-                self.cwnd += mss
+            self._grow_in_avoidance(acked, now, rtt)
         return CcAction.NONE
+
+    def _grow_in_avoidance(self, acked: int, now: float, rtt: float | None) -> None:
+        """Congestion avoidance: one SMSS per cwnd of acknowledged bytes (the byte-counting
+        form RFC 5681 section 3.1 allows instead of equation (3))."""
+        self._ca_bytes += acked
+        if self._ca_bytes >= self.cwnd:
+            self._ca_bytes -= self.cwnd
+            self.cwnd += self.mss
+
+    def _ssthresh_after_loss(self, flight: int) -> int:
+        """The slow-start threshold after a congestion event: RFC 5681 equation (4)."""
+        return max(flight // 2, 2 * self.mss)
 
     def on_dup_ack(self, ack: int, flight: int, snd_max: int) -> CcAction:
         """A duplicate ACK (RFC 5681 section 2 definition) arrived."""
@@ -112,7 +124,7 @@ class NewReno:
             # from retransmissions of the previous episode: do not enter fast retransmit.
             return CcAction.NONE
         # RFC 5681 equation (4) and RFC 6582 step 2.
-        self.ssthresh = max(flight // 2, 2 * self.mss)
+        self.ssthresh = self._ssthresh_after_loss(flight)
         self.recover = snd_max - 1
         self.cwnd = self.ssthresh + DUP_THRESH * self.mss
         self.in_recovery = True
@@ -128,7 +140,7 @@ class NewReno:
         equation (4)); RecoveryPoint = HighData.
         """
         if not self.in_recovery:
-            self.ssthresh = max(flight // 2, 2 * self.mss)
+            self.ssthresh = self._ssthresh_after_loss(flight)
             self.recover = snd_max - 1
             self.in_recovery = True
             self._partial_seen = False
@@ -140,7 +152,7 @@ class NewReno:
     def on_loss_repaired(self) -> None:
         """A tail loss probe repaired a loss by itself (RFC 8985 section 7.4.2): reduce the
         window as a fast recovery would have, without entering one."""
-        self.ssthresh = max(self.cwnd // 2, 2 * self.mss)
+        self.ssthresh = self._ssthresh_after_loss(self.cwnd)
         self.cwnd = self.ssthresh
         self._ca_bytes = 0
 
@@ -148,7 +160,7 @@ class NewReno:
         """The retransmission timer expired (RFC 5681 section 3.1, RFC 6582 section 4)."""
         if first:
             # Equation (4); on repeated timeouts of the same segment ssthresh stays put.
-            self.ssthresh = max(flight // 2, 2 * self.mss)
+            self.ssthresh = self._ssthresh_after_loss(flight)
         self.cwnd = self.mss  # loss window LW = 1 SMSS
         self.in_recovery = False
         self.sack_mode = False

@@ -21,7 +21,8 @@ from collections.abc import Hashable
 from guest.stack.wire.tcp import TcpFlags, TcpRepr
 
 from .config import TcpConfig
-from .congestion import CcAction, NewReno
+from .congestion import CcAction
+from .controllers import CONGESTION_CONTROLS
 from .events import (
     TcpClosed,
     TcpConnected,
@@ -134,7 +135,7 @@ class TcpConnection:
         self._last_ack_sent = 0
 
         self._rto = RtoEstimator(cfg.initial_rto, cfg.min_rto, cfg.max_rto, cfg.clock_granularity)
-        self._cc = NewReno(self._mss, cfg.initial_window, iss)
+        self._cc = CONGESTION_CONTROLS[cfg.cc](self._mss, cfg.initial_window, iss)
         self._sb = SackScoreboard()
 
         # Timers: absolute deadlines in the caller's time, None when stopped.
@@ -766,7 +767,7 @@ class TcpConnection:
         if self._sb:
             self._sb.prune(ack)
         self._sample_rtt(seg, ack, now)
-        action = self._cc.on_new_ack(ack, acked, self.snd_max)
+        action = self._cc.on_new_ack(ack, acked, self.snd_max, now, self._rto.srtt)
         if action and action & CcAction.RETRANSMIT_HEAD and ack < self.snd_max:
             self._rtx_head = True
             self._rtx_head_timeout = False
@@ -1133,7 +1134,9 @@ class TcpConnection:
     def _established(self) -> None:
         """Enter ESTABLISHED (or FIN-WAIT-1 if the application closed during the handshake)."""
         self.state = TcpState.FIN_WAIT_1 if self._fin_seq is not None else _ESTABLISHED
-        self._cc = NewReno(self._mss, self.config.initial_window, self.iss)
+        self._cc = CONGESTION_CONTROLS[self.config.cc](
+            self._mss, self.config.initial_window, self.iss
+        )
         if self._syn_retransmitted and self._rto.samples == 0:
             # RFC 6298 section 5.7.
             self._rto.set_base(max(self.config.rto_after_syn_loss, self._rto.base_rto))
