@@ -54,6 +54,10 @@ class TcpConfig:
     tlp: bool = True
     #: Congestion controller, by name (`controllers.CONGESTION_CONTROLS`): NewReno or CUBIC.
     cc: str = DEFAULT_CC
+    #: RFC 6937 Proportional Rate Reduction: during a recovery, send in proportion to what
+    #: the peer reports delivered, so the window comes down to ssthresh smoothly instead of
+    #: stopping to send for half a round trip and then bursting.
+    prr: bool = True
     #: Disable Nagle's algorithm (RFC 9293 section 3.7.4); on by default because the benchmarks
     #: measure request/response latency.
     nodelay: bool = True

@@ -34,6 +34,7 @@ from .events import (
     TcpSendSpaceAvailable,
 )
 from .options import Negotiated, max_sack_blocks, negotiate, sack_option_space, window_shift_for
+from .prr import Prr
 from .rack import Rack, SentLog, probe_timeout
 from .recvbuf import ReceiveBuffer
 from .reset import reset_for
@@ -186,6 +187,8 @@ class TcpConnection:
         self._tlp_retrans = False
         self._tlp_rearm = False  # new data went out or an ACK came: schedule the probe anew
         self._rack_fast_rtx = False  # a recovery just began: its first resend ignores pipe
+        # RFC 6937 PRR state of the SACK recovery under way (None outside one).
+        self._prr: Prr | None = None
         self._rcv_unacked = 0
         self._send_blocked = False
         self._challenge_epoch = float("-inf")
@@ -692,6 +695,7 @@ class TcpConnection:
         """ACK field processing for synchronized states (RFC 9293 3.10.7.4 fifth check)."""
         snd_una = self.snd_una
         wnd = seg.window << self._snd_wscale
+        sacked_before = self._sb.sacked_bytes if self._sb else 0
         if self._sack_enabled and seg.sack_blocks and ack >= snd_una:
             self._take_sack(seg.sack_blocks, ack)
         if ack > snd_una:
@@ -711,6 +715,7 @@ class TcpConnection:
             self._rack_on_ack(seg, ack, snd_una, now)
         elif self._sb and self._sack_enabled and self.config.sack_recovery:
             self._check_sack_loss()
+        self._rate_reduction(max(ack - snd_una, 0) + self._sb.sacked_bytes - sacked_before)
         self._update_send_window(seq, ack, wnd)
         self._persist_unanswered = 0
         if self.snd_wnd == 0:
@@ -808,6 +813,27 @@ class TcpConnection:
             self._rtx_head = True
             self._rtx_head_timeout = False
             self._stats.fast_recoveries += 1
+
+    def _rate_reduction(self, delivered: int) -> None:
+        """RFC 6937: in a SACK recovery, this ACK's window is pipe plus PRR's share of what
+        the peer reports delivered (`delivered`: SND.UNA's advance plus the SACKed bytes'
+        change). A recovery that began with this ACK starts its PRR state here."""
+        cc = self._cc
+        if not (cc.in_recovery and cc.sack_mode and self.config.prr):
+            self._prr = None
+            return
+        prr = self._prr
+        if prr is None:
+            # RecoverFS: the flight when the recovery began, this ACK's deliveries included.
+            prr = self._prr = Prr(self.snd_max - self.snd_una + delivered, cc.ssthresh)
+        cc.cwnd = prr.on_ack(delivered, self._recovery_pipe(), cc.mss)
+
+    def _recovery_pipe(self) -> int:
+        """RFC 6675 pipe, with RACK's losses when RACK finds them."""
+        if self._rack_on:
+            return self._rack_pipe()
+        lost_edge = self._sb.lost_boundary(self._cc.mss) if self._sb else None
+        return self._pipe(lost_edge if lost_edge is not None else self.snd_una)
 
     # ------------------------------------------------------------------ RACK-TLP (RFC 8985)
 
@@ -1206,6 +1232,7 @@ class TcpConnection:
         self._log.forget_losses()
         self._tlp_end = None
         self._tlp_deadline = None
+        self._prr = None
 
     def _on_persist(self, now: float, out: list[TcpRepr]) -> None:
         """Persist timer (RFC 9293 section 3.8.6.1): probe a zero window, or send what a small
@@ -1521,6 +1548,8 @@ class TcpConnection:
                 self._tlp_rearm = True
         stats = self._stats
         stats.bytes_out += n
+        if self._prr is not None:
+            self._prr.on_sent(n)
         if seq < self.snd_max:
             stats.bytes_retransmitted += n
             self._rtt_seq = None  # Karn: no sample while a retransmission is outstanding
