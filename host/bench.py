@@ -66,6 +66,7 @@ def path_args(
             args = (
                 f"--path {exp.path} --iface {nic['name']} --addr {nic['address']}"
                 f" --stack-device {exp.stack.device} --stack-offload {exp.stack.offload}"
+                f" --stack-cc {exp.stack.cc}"
             )
             if gateway is not None:
                 args += f" --stack-gateway {gateway}"

@@ -42,6 +42,7 @@ from pydantic import (
 from guest.stack.device.kinds import DEFAULT_DEVICE, DEVICE_KINDS
 from guest.stack.factored.boundaries import BOUNDARIES, DEFAULT_BOUNDARY
 from guest.stack.offloads import Offloads
+from guest.stack.tcp.controllers import CONGESTION_CONTROLS, DEFAULT_CC
 from guest.traffic.providers import PROVIDERS
 from host import cpusets
 from host.experiments import EXPERIMENT_TYPES
@@ -266,6 +267,7 @@ class LinkConfig(_Strict):
 _REGISTRIES: dict[str, tuple[str, ...]] = {
     "device": tuple(DEVICE_KINDS),
     "link": tuple(BOUNDARIES),
+    "cc": tuple(CONGESTION_CONTROLS),
 }
 
 
@@ -282,8 +284,11 @@ class StackOptions(_Strict):
     #: "copy": every frame copied through rings between the domains (the guest's registry,
     #: guest/stack/factored/boundaries.py, names them).
     link: str = DEFAULT_BOUNDARY
+    #: TCP congestion control of the stack (the guest's registry,
+    #: guest/stack/tcp/controllers.py): newreno or cubic.
+    cc: str = DEFAULT_CC
 
-    @field_validator("device", "link")
+    @field_validator("device", "link", "cc")
     @classmethod
     def _registered(cls, value: str, info: ValidationInfo) -> str:
         """A choice the guest's registry for this field (`_REGISTRIES`) has."""

@@ -30,6 +30,7 @@ from guest.stack.options import (
     add_stack_arguments,
     default_socket_path,
 )
+from guest.stack.tcp.controllers import DEFAULT_CC
 
 
 class MonoStack(StackLoop):
@@ -45,6 +46,7 @@ class MonoStack(StackLoop):
         offloads: Offloads = DEFAULT_OFFLOADS,
         linger: float = DEFAULT_LINGER_S,
         inject_rx_us: float = 0.0,
+        cc: str = DEFAULT_CC,
     ):
         from guest.stack.device.setup import take_over
 
@@ -54,7 +56,9 @@ class MonoStack(StackLoop):
         try:
             dev = open_device(device, iface, offloads.vnet_hdr)
             try:
-                super().__init__(dev, offloads, addr, socket_path, gateway, linger, inject_rx_us)
+                super().__init__(
+                    dev, offloads, addr, socket_path, gateway, linger, inject_rx_us, cc
+                )
             except BaseException:
                 dev.close()
                 raise
@@ -85,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         args.gateway,
         args.offload,
         inject_rx_us=args.inject_rx_us,
+        cc=args.cc,
     )
     signal.signal(signal.SIGTERM, stack.stop)
     signal.signal(signal.SIGINT, stack.stop)
@@ -97,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 "socket": path,
                 "device": args.device,
                 "offload": str(args.offload),
+                "cc": args.cc,
                 "pid": os.getpid(),
             }
         ),

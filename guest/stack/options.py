@@ -8,6 +8,7 @@ import argparse
 
 from guest.stack.device.kinds import DEFAULT_DEVICE, DEVICE_KINDS
 from guest.stack.offloads import LEVERS, Offloads
+from guest.stack.tcp.controllers import CONGESTION_CONTROLS, DEFAULT_CC
 
 #: Every lever on: the fastest configuration (see the levers bench, configs/levers.yaml).
 DEFAULT_OFFLOADS = Offloads(csum=True, tso=True, gro=True)
@@ -45,6 +46,12 @@ def add_stack_arguments(ap: argparse.ArgumentParser) -> None:
         default=0.0,
         help="fault injection, for testing regression detection: spin this many microseconds "
         "on every received frame (default 0: off)",
+    )
+    ap.add_argument(
+        "--cc",
+        choices=tuple(CONGESTION_CONTROLS),
+        default=DEFAULT_CC,
+        help=f"TCP congestion control (default {DEFAULT_CC})",
     )
     ap.add_argument(
         "--offload",

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 from guest.stack.device.kinds import DEFAULT_DEVICE, DEVICE_KINDS
 from guest.stack.factored.boundaries import BOUNDARIES, DEFAULT_BOUNDARY
 from guest.stack.offloads import LEVERS
+from guest.stack.tcp.controllers import CONGESTION_CONTROLS, DEFAULT_CC
 
 from .appdomain import AppDomainError, run_confined
 from .errors import TrafficError, describe_error
@@ -99,6 +100,12 @@ def _common_options() -> argparse.ArgumentParser:
         default="all",
         help="offload levers of a stack started for the run: none, all, or a comma list of "
         f"{', '.join(LEVERS)} (default all)",
+    )
+    user.add_argument(
+        "--stack-cc",
+        choices=tuple(CONGESTION_CONTROLS),
+        default=DEFAULT_CC,
+        help=f"TCP congestion control of a stack started for the run (default {DEFAULT_CC})",
     )
     user.add_argument(
         "--stack-inject-rx-us",

@@ -19,6 +19,7 @@ import sys
 
 from guest.stack.options import DEFAULT_LINGER_S, default_socket_path
 from guest.stack.session.client import StackClient, StackListener, StackSocket
+from guest.stack.tcp.controllers import DEFAULT_CC
 
 from .errors import TrafficError
 
@@ -109,6 +110,8 @@ class MonoProvider:
             args.stack_device,
             "--offload",
             args.stack_offload,
+            "--cc",
+            getattr(args, "stack_cc", None) or DEFAULT_CC,
             *(["--gateway", gateway] if gateway else []),
             *(["--inject-rx-us", str(inject)] if (inject := _injected(args)) else []),
             *self.extra_stack_args(args),

@@ -137,6 +137,7 @@ def test_the_fault_injection_knob_is_read_checked_and_passed_to_user_level_stack
     assert "--stack-inject-rx-us" not in bench.path_args(exp, state, "a", "a-m")
     monkeypatch.setenv(bench.INJECT_ENV, "40")
     assert "--stack-inject-rx-us 40" in bench.path_args(exp, state, "a", "a-m")
+    assert "--stack-cc newreno" in bench.path_args(exp, state, "a", "a-m")
     kernel = next(e for e in config.experiments if e.path == "kernel")
     assert bench.path_args(kernel, state, "a", "a-m") == "--path kernel"
     monkeypatch.setenv(bench.INJECT_ENV, "fast")

@@ -179,7 +179,14 @@ def protocol_body(
     def body(status: int) -> None:
         dev = make_device()
         sp = StackLoop(
-            dev, args.offload, args.addr, path, args.gateway, args.linger, args.inject_rx_us
+            dev,
+            args.offload,
+            args.addr,
+            path,
+            args.gateway,
+            args.linger,
+            args.inject_rx_us,
+            args.cc,
         )
         signal.signal(signal.SIGTERM, sp.stop)
         end = dev.end if isinstance(dev, ShmDevice) else None

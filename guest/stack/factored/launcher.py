@@ -97,6 +97,7 @@ class Launcher:
             "device": args.device,
             "link": args.link,
             "offload": str(args.offload),
+            "cc": args.cc,
             "pid": os.getpid(),
             "domains": self.ready,
         }
