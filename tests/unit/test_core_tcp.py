@@ -222,7 +222,9 @@ def test_icmp_unreachable_fails_a_connection_attempt() -> None:
 
 
 def test_listener_backlog_and_accept() -> None:
-    net = make_network()
+    """Without SYN cookies (Linux with tcp_syncookies=0) a full backlog drops SYNs, and the
+    clients get in when they retransmit them."""
+    net = make_network(b={"tcp_config": TcpConfig(syncookies=False)})
     a, b = net.a.stack, net.b.stack
     lh = b.tcp_listen(80, backlog=2)
     clients = [a.tcp_connect(IP_B, 80, net.now) for _ in range(4)]
@@ -243,6 +245,29 @@ def test_listener_backlog_and_accept() -> None:
     assert {ev.handle for ev in net.a.log if type(ev) is Connected} == set(clients)
     remotes = {b.socket_info(h)["remote"] for h in [first, second, *accepted]}
     assert len(remotes) == 4
+
+
+def test_with_syn_cookies_a_full_backlog_answers_and_the_clients_data_gets_in() -> None:
+    """With cookies (the default) the SYNs beyond the backlog are answered statelessly; the
+    handshake completes from the cookie once the backlog has room for an established
+    connection, and until then the client's first data (which repeats the cookie's ACK)
+    is what brings it in."""
+    net = make_network()
+    a, b = net.a.stack, net.b.stack
+    lh = b.tcp_listen(80, backlog=2)
+    clients = [a.tcp_connect(IP_B, 80, net.now) for _ in range(4)]
+    net.run(until=0.5)
+    assert b.counters.tcp_syncookies_sent == 2
+    assert b.counters.tcp_listen_drops == 2  # their ACKs: two established already wait
+    first, second = b.tcp_accept(lh), b.tcp_accept(lh)
+    assert first is not None and second is not None
+    for h in clients[2:]:
+        a.tcp_send(h, b"hello")
+    net.run(until=2.0)
+    late = [b.tcp_accept(lh), b.tcp_accept(lh)]
+    assert None not in late
+    assert b.counters.tcp_syncookies_validated == 2
+    assert sorted(b.tcp_recv(h, 100) for h in late) == [b"hello", b"hello"]
 
 
 def test_data_before_accept_is_replayed_to_the_new_handle() -> None:

@@ -209,7 +209,7 @@ def test_retransmitted_syn_in_syn_received_resends_syn_ack() -> None:
 
 
 def test_syn_ack_retransmission_until_give_up_and_listener_forgets() -> None:
-    lst = TcpListener(SERVER, TcpConfig(syn_retries=2), isn=lambda *_: SERVER_ISN)
+    lst = TcpListener(SERVER, TcpConfig(synack_retries=2), isn=lambda *_: SERVER_ISN)
     conn = lst.receive_segment(to_server(CLIENT_ISN, 0, "S"), CLIENT, 0.0).connection
     assert conn is not None
     now = 0.0

@@ -53,7 +53,11 @@ _FIELDS: tuple[str, ...] = (
     "tcp_in",
     "tcp_out",
     "tcp_resets_out",  # RSTs answering segments that matched no connection or listener
+    "tcp_resets_rate_limited",  # such RSTs not sent: the stack-wide bound was reached
     "tcp_listen_drops",  # SYNs a full backlog refused
+    "tcp_syncookies_sent",  # SYN-ACKs answering SYNs statelessly (the backlog was full)
+    "tcp_syncookies_validated",  # ACKs whose cookie was ours: connections made from them
+    "tcp_syncookies_failed",  # ACKs that looked like cookie answers but were not ours
     "tcp_connections_opened",
     "tcp_connections_accepted",
 )

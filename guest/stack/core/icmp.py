@@ -35,34 +35,12 @@ from guest.stack.wire.ipv4 import MIN_HEADER_LEN, PROTO_ICMP, Ipv4Repr
 from .counters import Counters
 from .events import EventQueue
 from .ipv4 import UNICAST
+from .ratelimit import TokenBucket
 from .udp import DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_DATAGRAMS, UdpSocket
 
 #: Linux sends at most icmp_msgs_per_sec (1000) errors, bursts of icmp_msgs_burst (50).
 DEFAULT_ERROR_RATE: Final = 1000.0
 DEFAULT_ERROR_BURST: Final = 50
-
-
-class TokenBucket:
-    """`rate` tokens per second, at most `burst` saved; time comes from the caller."""
-
-    __slots__ = ("_last", "_tokens", "burst", "rate")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self._tokens = float(burst)
-        self._last: float | None = None
-
-    def take(self, now: float) -> bool:
-        """Spend one token if there is one."""
-        if self._last is not None and now > self._last:
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        if self._last is None or now > self._last:
-            self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
 
 
 class Icmp:

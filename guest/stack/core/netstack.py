@@ -528,6 +528,8 @@ class NetStack:
                 "backlog": listener.backlog,
                 "pending": listener.pending,
                 "syns_dropped": listener.syns_dropped,
+                "syncookies_sent": listener.syncookies_sent,
+                "syncookies_validated": listener.syncookies_validated,
             }
         assert type(sock) is TcpSocket
         conn = sock.conn

@@ -46,8 +46,9 @@ from guest.stack.tcp import (
     reset_for,
 )
 from guest.stack.tcp.stats import TCP_COUNTERS
+from guest.stack.tcp.syncookies import SynCookies
 from guest.stack.wire.ipv4 import Ipv4Repr
-from guest.stack.wire.tcp import TcpRepr
+from guest.stack.wire.tcp import TcpFlags, TcpRepr
 
 from .counters import Counters
 from .events import (
@@ -60,6 +61,7 @@ from .events import (
     Reset,
     Writable,
 )
+from .ratelimit import TokenBucket
 
 EPHEMERAL_FIRST: Final = 32768  # Linux ip_local_port_range
 EPHEMERAL_LAST: Final = 60999
@@ -133,6 +135,19 @@ class TcpListen:
         self.children: dict[TcpConnection, TcpSocket] = {}
 
 
+#: RSTs answering segments that match no connection: at most this many per second, in bursts
+#: of at most the second figure (the same bound as Linux puts on ICMP errors).
+DEFAULT_RESET_RATE: Final = 1000.0
+DEFAULT_RESET_BURST: Final = 50
+#: A listener's counters and the stack-wide counters they add to.
+_LISTENER_COUNTS: Final = (
+    ("syns_dropped", "tcp_listen_drops"),
+    ("syncookies_sent", "tcp_syncookies_sent"),
+    ("syncookies_validated", "tcp_syncookies_validated"),
+    ("syncookies_failed", "tcp_syncookies_failed"),
+)
+
+
 class TcpMux:
     """All TCP sockets of one stack."""
 
@@ -145,6 +160,8 @@ class TcpMux:
         events: EventQueue,
         *,
         fin_timeout: float = DEFAULT_FIN_TIMEOUT,
+        reset_rate: float = DEFAULT_RESET_RATE,
+        reset_burst: int = DEFAULT_RESET_BURST,
     ) -> None:
         self.local_ip = local_ip
         self.config = config
@@ -156,6 +173,8 @@ class TcpMux:
         #: Counters of connections that reached CLOSED, summed (see `totals`).
         self._closed_totals: dict[str, int] = dict.fromkeys(TCP_COUNTERS, 0)
         self._isn = IsnGenerator(secret)
+        self._cookies = SynCookies(secret)
+        self._resets = TokenBucket(reset_rate, reset_burst)
         self._dirty: dict[TcpSocket, None] = {}
         self._heap: list[tuple[float, int, TcpSocket]] = []
         self._tiebreak = itertools.count()
@@ -206,6 +225,7 @@ class TcpMux:
             isn=self._isn,
             ts_offset=self._isn.ts_offset,
             backlog=max(1, backlog),
+            cookies=self._cookies,
         )
         lst = TcpListen(handle, port, listener)
         self.listeners[port] = lst
@@ -243,10 +263,12 @@ class TcpMux:
         lst = self.listeners.get(seg.dst_port)
         if lst is not None:
             listener = lst.listener
-            dropped = listener.syns_dropped
+            before = [getattr(listener, name) for name, _ in _LISTENER_COUNTS]
             result = listener.receive_segment(seg, (src_ip, seg.src_port), now)
-            if listener.syns_dropped != dropped:
-                self.counters.tcp_listen_drops += 1
+            counters = self.counters
+            for (name, total), old in zip(_LISTENER_COUNTS, before, strict=True):
+                if grew := getattr(listener, name) - old:
+                    setattr(counters, total, getattr(counters, total) + grew)
             conn = result.connection
             if conn is not None:
                 key = (src_ip, seg.src_port, seg.dst_port)
@@ -255,13 +277,20 @@ class TcpMux:
                 lst.children[conn] = child
                 self.conns[key] = child
                 self._dirty[child] = None
-            elif result.reply is not None:
-                self.counters.tcp_resets_out += 1
+            elif result.reply is not None and result.reply.flags & TcpFlags.RST:
+                return self._reset(result.reply, now)
             return result.reply
         self.counters.drop("tcp:no-socket")
         rst = reset_for(seg)
-        if rst is not None:
-            self.counters.tcp_resets_out += 1
+        return self._reset(rst, now) if rst is not None else None
+
+    def _reset(self, rst: TcpRepr, now: float) -> TcpRepr | None:
+        """An RST answering a segment no connection wanted, if the stack-wide bound allows:
+        spoofed segments must not draw unbounded output (RFC 5961 section 7's concern)."""
+        if not self._resets.take(now):
+            self.counters.tcp_resets_rate_limited += 1
+            return None
+        self.counters.tcp_resets_out += 1
         return rst
 
     def icmp_unreachable(self, remote_ip: int, remote_port: int, local_port: int, seq: int) -> None:

@@ -62,8 +62,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from guest.stack.core.counters import Counters
-from guest.stack.core.icmp import DEFAULT_ERROR_BURST, DEFAULT_ERROR_RATE, TokenBucket
+from guest.stack.core.icmp import DEFAULT_ERROR_BURST, DEFAULT_ERROR_RATE
 from guest.stack.core.ipv4 import Ipv4Interface
+from guest.stack.core.ratelimit import TokenBucket
 from guest.stack.wire.addr import IPV4_BROADCAST, MAC_ZERO, mac
 from guest.stack.wire.checksum import checksum, ones_sum, update16
 from guest.stack.wire.errors import WireError

@@ -82,7 +82,7 @@ class TcpConfig:
     #: RFC 6298 section 5.7: RTO used once the handshake completes if the SYN was retransmitted
     #: and no RTT sample exists.
     rto_after_syn_loss: float = 3.0
-    #: Retransmissions of SYN / SYN-ACK before the connection fails (Linux tcp_syn_retries).
+    #: Retransmissions of a SYN before the connection fails (Linux tcp_syn_retries).
     syn_retries: int = 6
     #: Consecutive RTO expirations without progress before the connection fails (RFC 9293
     #: section 3.8.3 "R2"; Linux tcp_retries2).
@@ -96,6 +96,12 @@ class TcpConfig:
     keepalive_idle: float | None = None
     keepalive_interval: float = 75.0
     keepalive_probes: int = 9
+    #: RFC 4987 section 3.6: a listener whose backlog is full answers SYNs with SYN cookies
+    #: instead of dropping them (Linux's tcp_syncookies=1).
+    syncookies: bool = True
+    #: Retransmissions of a SYN-ACK before a half-open connection is given up (Linux
+    #: tcp_synack_retries): what a spoofed SYN costs a listener without cookies, 63 s with 5.
+    synack_retries: int = 5
     #: RFC 5961 section 7: at most this many challenge ACKs per second on one connection.
     challenge_ack_limit: int = 10
     #: Minimum interval between ACKs answering unacceptable segments without data (Linux
@@ -125,7 +131,7 @@ class TcpConfig:
             raise ValueError("initial_window must be at least one segment")
         if self.msl < 0 or self.delayed_ack_timeout <= 0:
             raise ValueError("timers must be positive")
-        if self.syn_retries < 0 or self.data_retries < 1:
+        if self.syn_retries < 0 or self.synack_retries < 0 or self.data_retries < 1:
             raise ValueError("retry limits must be positive")
         if self.keepalive_idle is not None and (
             self.keepalive_idle <= 0 or self.keepalive_interval <= 0 or self.keepalive_probes < 1

@@ -654,7 +654,7 @@ class TcpConnection:
 
         In SYN-RECEIVED an acceptable ACK completes the handshake first. An ACK of data not
         yet sent, or one older than the largest window the peer offered (RFC 5961 section
-        5.2), is answered with an ACK and goes no further.
+        5.2), is answered with a (rate-limited) challenge ACK and goes no further.
         """
         ts = seg.timestamp
         if (
@@ -670,7 +670,9 @@ class TcpConnection:
         if self.state is TcpState.SYN_RECEIVED and not self._complete_handshake(seg, seq, ack):
             return False
         if ack > self.snd_max or ack < self.snd_una - self.max_snd_wnd:
-            self._ack_now = True
+            # RFC 5961 section 5.2, rate-limited as section 7 asks: forged ACKs with wild
+            # numbers must not draw an answer each.
+            self._challenge_ack(now)
             return False
         self._process_ack(seg, seq, ack, plen, flags, now)
         return True
@@ -1203,7 +1205,8 @@ class TcpConnection:
         cfg = self.config
         st = self.state
         if st is TcpState.SYN_SENT or st is TcpState.SYN_RECEIVED:
-            if self._retries >= cfg.syn_retries:
+            limit = cfg.syn_retries if st is TcpState.SYN_SENT else cfg.synack_retries
+            if self._retries >= limit:
                 self._enter_closed(TcpConnectionFailed("connection timed out (SYN)"))
                 return
             self._retries += 1
