@@ -229,14 +229,29 @@ def test_control_without_tlp_the_tail_waits_for_the_timer() -> None:
 
 def test_a_probe_that_repairs_a_loss_alone_reduces_the_window_once() -> None:
     """One segment in flight: the probe waits for the peer's delayed ACK too (WCDelAckT),
-    so it goes when the RTO would, but as a probe: no timeout, no backoff, no slow start;
-    its ACK, exactly up to the probe, means it repaired a loss (RFC 8985 section 7.4)."""
+    so it goes when the RTO would, but as a probe: no timeout, no backoff, no slow start.
+    An ACK exactly up to it cannot say whether the original arrived too; the next one, beyond
+    it with no D-SACK, says the probe repaired a loss (RFC 8985 section 7.4, as Linux)."""
     c, when, out = _tail(tlp=True, lost=1)
     assert out == [3000] and when == pytest.approx(0.220)
     assert c.stats.tlp_probes == 1 and c.stats.timeouts == 0
     cwnd = c._cc.cwnd
     c.receive_segment(seg(SERVER_ISN + 1, UNA + 4000), 0.230)
-    assert c.stats.tlp_repairs == 1 and c._cc.cwnd < cwnd
+    assert c.stats.tlp_repairs == 0 and c._tlp_end is not None  # undecided
+    c.send(bytes(1000))
+    c.poll(0.230)
+    c.receive_segment(seg(SERVER_ISN + 1, UNA + 5000), 0.240)
+    assert c.stats.tlp_repairs == 1 and c._cc.cwnd < cwnd and c._tlp_end is None
+
+
+def test_a_probe_whose_original_arrived_too_changes_nothing() -> None:
+    """The control: the ACK up to the probe, then a pure duplicate ACK (the receiver got the
+    probe as a duplicate): nothing was lost, the window stays."""
+    c, _, _ = _tail(tlp=True, lost=1)
+    cwnd = c._cc.cwnd
+    c.receive_segment(seg(SERVER_ISN + 1, UNA + 4000), 0.230)
+    c.receive_segment(seg(SERVER_ISN + 1, UNA + 4000), 0.231)
+    assert c.stats.tlp_repairs == 0 and c._cc.cwnd >= cwnd and c._tlp_end is None
 
 
 # --------------------------------------------------------------------------- on a lossy link

@@ -702,8 +702,6 @@ class TcpConnection:
             self._take_sack(seg.sack_blocks, ack)
         if ack > snd_una:
             self._on_new_ack(seg, ack, now)
-            if self._tlp_end is not None and ack >= self._tlp_end:
-                self._end_probe_episode(ack, seg)
         elif (
             ack == snd_una
             and plen == 0
@@ -717,7 +715,10 @@ class TcpConnection:
             self._rack_on_ack(seg, ack, snd_una, now)
         elif self._sb and self._sack_enabled and self.config.sack_recovery:
             self._check_sack_loss()
-        self._rate_reduction(max(ack - snd_una, 0) + self._sb.sacked_bytes - sacked_before)
+        sacked_more = self._sb.sacked_bytes - sacked_before
+        self._rate_reduction(max(ack - snd_una, 0) + sacked_more)
+        if self._tlp_end is not None and ack >= self._tlp_end:
+            self._probe_answered(seg, ack, ack > snd_una or sacked_more > 0 or plen > 0)
         self._update_send_window(seq, ack, wnd)
         self._persist_unanswered = 0
         if self.snd_wnd == 0:
@@ -979,13 +980,20 @@ class TcpConnection:
         self._tlp_end = self.snd_max
         self._rtx_deadline = now + self._rto.rto
 
-    def _end_probe_episode(self, ack: int, seg: TcpRepr) -> None:
-        """RFC 8985 section 7.4: an ACK reached the probe's end. If it acknowledges exactly up
-        to a resent probe, with no D-SACK saying the probe was a duplicate, the probe repaired
-        a loss and the window is reduced as a fast recovery would (Linux does the same)."""
-        if self._tlp_retrans and ack == self._tlp_end and not _has_dsack(seg, ack):
+    def _probe_answered(self, seg: TcpRepr, ack: int, news: bool) -> None:
+        """RFC 8985 section 7.4, as Linux decides it: an ACK reached the probe's end. A probe
+        of new data, a D-SACK for the resent probe, or a pure duplicate ACK (original and
+        probe both arrived) end the episode: nothing was lost. An ACK beyond the probe with
+        neither means the probe repaired a loss: the window is reduced as a fast recovery
+        would. An ACK exactly up to the probe cannot tell yet (`news`: it advanced SND.UNA,
+        SACKed more or carried data) and leaves the episode open."""
+        if not self._tlp_retrans or _has_dsack(seg, ack):
+            pass
+        elif ack > self._tlp_end:
             self._cc.on_loss_repaired()
             self._stats.tlp_repairs += 1
+        elif news:
+            return
         self._tlp_end = None
         self._tlp_retrans = False
 

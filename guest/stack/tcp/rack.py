@@ -23,6 +23,10 @@ from dataclasses import dataclass
 DUP_THRESH = 3
 #: RFC 8985 section 7.2: WCDelAckT, the worst-case delayed ACK a probe of one segment waits for.
 WORST_CASE_DELAYED_ACK = 0.200
+#: The shortest probe timeout: Linux's former floor (10 ms). On a link of a fraction of a
+#: millisecond, 2*SRTT is shorter than a user-level stack's scheduling jitter and probes would
+#: go when nothing was lost.
+MIN_PROBE_TIMEOUT = 0.010
 
 
 @dataclass(slots=True)
@@ -226,10 +230,11 @@ def _ts_before(a: int, b: int) -> bool:
 def probe_timeout(srtt: float | None, flight_segments: int, rto_left: float | None) -> float:
     """RFC 8985 section 7.2: when to send a tail loss probe, from now.
 
-    Two SRTTs; with one segment in flight, add the worst-case delayed ACK (the receiver may
-    hold its only ACK that long); never later than the retransmission timer would fire.
+    Two SRTTs, at least `MIN_PROBE_TIMEOUT`; with one segment in flight, add the worst-case
+    delayed ACK (the receiver may hold its only ACK that long); never later than the
+    retransmission timer would fire.
     """
-    pto = 2 * srtt if srtt is not None else 1.0
+    pto = max(2 * srtt, MIN_PROBE_TIMEOUT) if srtt is not None else 1.0
     if flight_segments <= 1:
         pto += WORST_CASE_DELAYED_ACK
     if rto_left is not None and rto_left < pto:
