@@ -23,7 +23,6 @@ from guest.stack.options import DEFAULT_LINGER_S
 from guest.stack.session.backend import dispatch
 from guest.stack.session.server import SessionServer
 from guest.stack.tcp.config import TcpConfig
-from guest.stack.tcp.controllers import DEFAULT_CC
 
 
 def slowed(
@@ -60,7 +59,7 @@ class StackLoop:
         gateway: str | None = None,
         linger: float = DEFAULT_LINGER_S,
         inject_rx_us: float = 0.0,
-        cc: str = DEFAULT_CC,
+        tcp_config: TcpConfig | None = None,
     ):
         self.dev = dev
         self.inject_rx_s = max(inject_rx_us, 0.0) / 1e6
@@ -74,7 +73,7 @@ class StackLoop:
             now=self.clock(),
             tso_max_size=self.nic.tso_max_size,
             tx_checksum_offload=self.nic.tx_checksum_offload,
-            tcp_config=TcpConfig(cc=cc),
+            tcp_config=tcp_config,
         )
         os.makedirs(os.path.dirname(socket_path) or ".", exist_ok=True)
         if os.path.exists(socket_path):

@@ -29,8 +29,9 @@ from guest.stack.options import (
     DEFAULT_OFFLOADS,
     add_stack_arguments,
     default_socket_path,
+    tcp_config_from,
 )
-from guest.stack.tcp.controllers import DEFAULT_CC
+from guest.stack.tcp.config import TcpConfig
 
 
 class MonoStack(StackLoop):
@@ -46,7 +47,7 @@ class MonoStack(StackLoop):
         offloads: Offloads = DEFAULT_OFFLOADS,
         linger: float = DEFAULT_LINGER_S,
         inject_rx_us: float = 0.0,
-        cc: str = DEFAULT_CC,
+        tcp_config: TcpConfig | None = None,
     ):
         from guest.stack.device.setup import take_over
 
@@ -57,7 +58,7 @@ class MonoStack(StackLoop):
             dev = open_device(device, iface, offloads.vnet_hdr)
             try:
                 super().__init__(
-                    dev, offloads, addr, socket_path, gateway, linger, inject_rx_us, cc
+                    dev, offloads, addr, socket_path, gateway, linger, inject_rx_us, tcp_config
                 )
             except BaseException:
                 dev.close()
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         args.gateway,
         args.offload,
         inject_rx_us=args.inject_rx_us,
-        cc=args.cc,
+        tcp_config=tcp_config_from(args),
     )
     signal.signal(signal.SIGTERM, stack.stop)
     signal.signal(signal.SIGINT, stack.stop)

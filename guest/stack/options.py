@@ -8,6 +8,7 @@ import argparse
 
 from guest.stack.device.kinds import DEFAULT_DEVICE, DEVICE_KINDS
 from guest.stack.offloads import LEVERS, Offloads
+from guest.stack.tcp.config import TcpConfig
 from guest.stack.tcp.controllers import CONGESTION_CONTROLS, DEFAULT_CC
 
 #: Every lever on: the fastest configuration (see the levers bench, configs/levers.yaml).
@@ -17,6 +18,18 @@ DEFAULT_OFFLOADS = Offloads(csum=True, tso=True, gro=True)
 #: loss the RTO can reach seconds, and 5 s allowed one resend only, so a peer could miss
 #: the FIN for good (the kernel keeps an orphaned connection retrying for minutes).
 DEFAULT_LINGER_S = 20.0
+
+
+#: Loss-recovery mechanisms `--tcp-disable` can turn off, by the TcpConfig field of each.
+MECHANISMS = {"rack": "rack", "tlp": "tlp", "prr": "prr", "sack-recovery": "sack_recovery"}
+
+
+def _mechanisms(text: str) -> tuple[str, ...]:
+    names = tuple(n for n in text.split(",") if n)
+    if unknown := [n for n in names if n not in MECHANISMS]:
+        known = ", ".join(MECHANISMS)
+        raise argparse.ArgumentTypeError(f"unknown mechanism {', '.join(unknown)} (of {known})")
+    return names
 
 
 def default_socket_path(iface: str) -> str:
@@ -54,8 +67,28 @@ def add_stack_arguments(ap: argparse.ArgumentParser) -> None:
         help=f"TCP congestion control (default {DEFAULT_CC})",
     )
     ap.add_argument(
+        "--no-syncookies",
+        dest="syncookies",
+        action="store_false",
+        help="drop SYNs when a listener's backlog is full instead of answering with SYN "
+        "cookies (to show what cookies protect against)",
+    )
+    ap.add_argument(
+        "--tcp-disable",
+        type=_mechanisms,
+        default=(),
+        help=f"turn off TCP loss-recovery mechanisms, a comma list of {', '.join(MECHANISMS)} "
+        "(to measure what each buys; default: none off)",
+    )
+    ap.add_argument(
         "--offload",
         type=_offloads,
         default=DEFAULT_OFFLOADS,
         help=f"none, all, or a comma list of {', '.join(LEVERS)} (default {DEFAULT_OFFLOADS})",
     )
+
+
+def tcp_config_from(args: argparse.Namespace) -> TcpConfig:
+    """The TCP settings the stack's options ask for (the rest are TcpConfig's defaults)."""
+    off = {MECHANISMS[name]: False for name in args.tcp_disable}
+    return TcpConfig(cc=args.cc, syncookies=args.syncookies, **off)

@@ -24,6 +24,7 @@ from typing import Any
 from guest.stack.device.base import Device
 from guest.stack.device.ring import RingLayout
 from guest.stack.loop import StackLoop
+from guest.stack.options import tcp_config_from
 
 from . import sandbox
 from .attacks import Attacks
@@ -186,7 +187,7 @@ def protocol_body(
             args.gateway,
             args.linger,
             args.inject_rx_us,
-            args.cc,
+            tcp_config_from(args),
         )
         signal.signal(signal.SIGTERM, sp.stop)
         end = dev.end if isinstance(dev, ShmDevice) else None
