@@ -429,6 +429,27 @@ def hostile_frames(iface: str, dst_mac: str, src: str, dst: str, rounds: int = 3
     return {"sent": sent}
 
 
+def timed_client(
+    peer: str, port: int, send: int, seed: int, timeout: float = 1.0
+) -> dict[str, Any]:
+    """Connect (giving up after `timeout`), say how long the handshake took, send `send`
+    pattern bytes, close, and wait for the peer to close: what a legitimate client during an
+    attack sees. The digest lets the test compare with what the server got."""
+    data = _pattern(seed, send)
+    began = time.monotonic()
+    try:
+        sock = socket.create_connection((peer, port), timeout=timeout)
+    except OSError as e:
+        return {"connected": False, "error": str(e), "waited_s": time.monotonic() - began}
+    connect_s = time.monotonic() - began
+    sock.settimeout(30.0)
+    sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
+    _read_to_eof(sock)
+    sock.close()
+    return {"connected": True, "connect_s": connect_s, "sha256": _digest(data), "bytes": send}
+
+
 CHECKS: dict[str, Callable[..., dict[str, Any]]] = {
     "ring_views": ring_views,
     "ring_overflow": ring_overflow,
@@ -441,6 +462,7 @@ CHECKS: dict[str, Callable[..., dict[str, Any]]] = {
     "half_close_client": half_close_client,
     "icmp_echo": icmp_echo,
     "hostile_frames": hostile_frames,
+    "timed_client": timed_client,
 }
 
 
