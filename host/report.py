@@ -29,9 +29,14 @@ def _pct(value, digits: int = 0) -> str:
     return "-" if value is None else f"{value * 100:.{digits}f}%"
 
 
-def figure_columns() -> list[Column]:
-    """The results table's figure columns: every column some experiment type fills, by rank."""
-    columns = {column for kind in EXPERIMENT_TYPES.values() for column in kind.columns}
+def figure_columns(results: list[dict] | None = None) -> list[Column]:
+    """The results table's figure columns, by rank: every column the types of `results` fill
+    (every registered type's, without results), so a table has no column it leaves empty."""
+    if results is None:
+        kinds = list(EXPERIMENT_TYPES.values())
+    else:
+        kinds = [k for r in results if (k := EXPERIMENT_TYPES.get(r["type"])) is not None]
+    columns = {column for kind in kinds for column in kind.columns}
     return sorted(columns, key=lambda column: column.rank)
 
 
@@ -77,7 +82,7 @@ def results_table(data: dict) -> Table:
     table = Table(title=title, title_justify="left")
     for col in ("experiment", "type", "path"):
         table.add_column(col, justify="left")
-    columns = figure_columns()
+    columns = figure_columns(data["results"])
     for column in columns:
         table.add_column(column.title, justify="right")
     table.add_column("check", justify="left")

@@ -7,13 +7,13 @@ plot) take everything else from it. The order is the lab file's documented order
 
 from __future__ import annotations
 
-from host.experiments import iperf3, ping, rr, stream
+from host.experiments import iperf3, ping, rr, stream, transfer
 from host.experiments.base import BenchError, ExperimentType, Option, Target
 
 __all__ = ["EXPERIMENT_TYPES", "BenchError", "ExperimentType", "Target", "options"]
 
 EXPERIMENT_TYPES: dict[str, ExperimentType] = {
-    module.TYPE.name: module.TYPE for module in (stream, rr, iperf3, ping)
+    module.TYPE.name: module.TYPE for module in (stream, rr, iperf3, ping, transfer)
 }
 
 

@@ -65,7 +65,7 @@ def _comparison_row(c: Comparison) -> dict:
 
 def _lab_section(data: dict, baseline: dict | None = None) -> dict:
     """A lab's table of figures and its plots, the baseline's bars beside the candidate's."""
-    columns = figure_columns()
+    columns = figure_columns(data["results"])
     rows = []
     for rec in data["results"]:
         kind = EXPERIMENT_TYPES.get(rec["type"])

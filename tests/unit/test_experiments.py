@@ -29,7 +29,7 @@ def parse_one(entry: str):
 
 
 def test_registry_lists_the_lab_file_types_in_order() -> None:
-    assert list(EXPERIMENT_TYPES) == ["stream", "rr", "iperf3", "ping"]
+    assert list(EXPERIMENT_TYPES) == ["stream", "rr", "iperf3", "ping", "transfer"]
     assert get_args(ExperimentConfig.model_fields["type"].annotation) == tuple(EXPERIMENT_TYPES)
 
 
@@ -65,7 +65,8 @@ def test_an_unknown_type_names_file_line_field_and_the_types() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_lab(LAB + "  - {name: e, type: forward, client: a, server: b}\n", "lab.yaml")
     assert str(caught.value) == (
-        "lab.yaml:5: experiments[0].type: Input should be 'stream', 'rr', 'iperf3' or 'ping'"
+        "lab.yaml:5: experiments[0].type: Input should be 'stream', 'rr', 'iperf3', 'ping' "
+        "or 'transfer'"
     )
 
 
@@ -76,7 +77,9 @@ def test_only_types_with_a_compared_figure_take_a_baseline() -> None:
           - {name: q, type: ping, client: a, server: b, baseline: p}
         """
     )
-    with pytest.raises(ConfigError, match="only stream and rr experiments are compared"):
+    with pytest.raises(
+        ConfigError, match="only stream and rr and transfer experiments are compared"
+    ):
         parse_lab(LAB + text, "lab.yaml")
 
 
@@ -94,6 +97,7 @@ def test_types_sharing_an_option_must_agree_on_it(monkeypatch: pytest.MonkeyPatc
 def test_the_table_has_todays_columns() -> None:
     titles = [c.title for c in figure_columns()]
     assert titles == [
+        "seconds",
         "Mbit/s",
         "trans/s",
         "p50 µs",
@@ -127,16 +131,24 @@ def test_a_new_type_brings_its_column_into_the_table(monkeypatch: pytest.MonkeyP
     hops = Column("hops", 35)
     kind = ExperimentType("forward", run=lambda t: {}, columns={hops: "hops", MBIT_PER_S: "mbit"})
     monkeypatch.setattr(report_module, "EXPERIMENT_TYPES", {**EXPERIMENT_TYPES, "forward": kind})
-    table = results_table(_data([_record("f", "forward", {"hops": 3, "mbit": 12.34})]))
+    records = [_record("f", "forward", {"hops": 3, "mbit": 12.34}), _record("r", "rr", {})]
+    table = results_table(_data(records))
     titles = [str(c.header) for c in table.columns]
     assert titles.index("hops") == titles.index("p50 µs") + 1
     row = {str(c.header): next(iter(c.cells)) for c in table.columns}
     assert (row["hops"], row["Mbit/s"], row["trans/s"], row["check"]) == ("3", "12.3", "-", "ok")
 
 
+def test_a_table_shows_only_the_columns_its_types_fill() -> None:
+    table = results_table(_data([_record("s", "stream", {"mbit_per_s": 1.0})]))
+    titles = [str(c.header) for c in table.columns]
+    assert "Mbit/s" in titles and "seconds" not in titles and "p50 µs" not in titles
+
+
 def test_ping_fills_p50_and_p99_from_its_round_trips() -> None:
     summary = {"rtt_avg_us": 900.4, "rtt_max_us": 2000.0, "p50_us": None}
     table = results_table(_data([_record("p", "ping", summary)]))
     row = {str(c.header): next(iter(c.cells)) for c in table.columns}
-    assert (row["p50 µs"], row["p99 µs"], row["client CPU"]) == ("900", "2000", "-")
+    assert (row["p50 µs"], row["p99 µs"]) == ("900", "2000")
+    assert "client CPU" not in row  # no type of this table fills it
     assert "p50/p99 for ping are avg/max RTT" in str(table.caption)
