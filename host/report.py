@@ -13,7 +13,7 @@ from rich.table import Table
 
 from guest.stack.factored.boundaries import BOUNDARIES
 from host.experiments import EXPERIMENT_TYPES
-from host.experiments.base import Column
+from host.experiments.base import Column, ExperimentType
 from host.forwarding import DEFAULT_MODE
 
 
@@ -29,13 +29,16 @@ def _pct(value, digits: int = 0) -> str:
     return "-" if value is None else f"{value * 100:.{digits}f}%"
 
 
+def _types_of(results: list[dict]) -> list[ExperimentType]:
+    """The registered types `results` use, in the registry's order."""
+    used = {r["type"] for r in results}
+    return [kind for name, kind in EXPERIMENT_TYPES.items() if name in used]
+
+
 def figure_columns(results: list[dict] | None = None) -> list[Column]:
     """The results table's figure columns, by rank: every column the types of `results` fill
     (every registered type's, without results), so a table has no column it leaves empty."""
-    if results is None:
-        kinds = list(EXPERIMENT_TYPES.values())
-    else:
-        kinds = [k for r in results if (k := EXPERIMENT_TYPES.get(r["type"])) is not None]
+    kinds = list(EXPERIMENT_TYPES.values()) if results is None else _types_of(results)
     columns = {column for kind in kinds for column in kind.columns}
     return sorted(columns, key=lambda column: column.rank)
 
@@ -103,7 +106,7 @@ def results_table(data: dict) -> Table:
         f"image {meta['image']['name']}-{meta['image']['digest']} · boot to SSH: "
         f"{boots} · commit {(meta['git_commit'] or 'unknown')[:10]}"
         f"{' (dirty)' if meta['git_dirty'] else ''}"
-        + "".join(f" · {kind.note}" for kind in EXPERIMENT_TYPES.values() if kind.note)
+        + "".join(f" · {kind.note}" for kind in _types_of(data["results"]) if kind.note)
         + (f" · medians of {meta['rounds']} rounds" if meta.get("rounds", 1) > 1 else "")
     )
     return table

@@ -143,6 +143,7 @@ def test_a_table_shows_only_the_columns_its_types_fill() -> None:
     table = results_table(_data([_record("s", "stream", {"mbit_per_s": 1.0})]))
     titles = [str(c.header) for c in table.columns]
     assert "Mbit/s" in titles and "seconds" not in titles and "p50 µs" not in titles
+    assert "transfer:" not in str(table.caption)  # nor the notes of types it does not use
 
 
 def test_ping_fills_p50_and_p99_from_its_round_trips() -> None:
