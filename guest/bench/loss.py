@@ -145,8 +145,8 @@ def transfer(
     """One transfer of `args.bytes` from A to B's Linux sink through a fresh relay."""
     cpu = args.cpu
     with _processes() as procs:
-        relay = _start(chain.ns_m, "guest.tools.relay", *relay_args(chain, loss, args.delay_ms,
-                                                                   seed), cpu=cpu)  # fmt: skip
+        impairment = relay_args(chain, loss, args.delay_ms, seed)
+        relay = _start(chain.ns_m, "guest.tools.relay", *impairment, cpu=cpu)
         procs.append(relay)
         _event(relay, "ready")
         stack = None
