@@ -74,6 +74,11 @@ def _common_options() -> argparse.ArgumentParser:
         help="idle timeout in s for any blocking socket op (default 30)",
     )
     common.add_argument("--label", default="", help="free text echoed into the JSON result")
+    common.add_argument(
+        "--kernel-cc",
+        help="kernel path: the congestion control of the connections opened (TCP_CONGESTION; "
+        "default: the system's, which a host may set to bbr while Debian's is cubic)",
+    )
     user = common.add_argument_group("user-level paths (mono, factored)")
     user.add_argument("--iface", help="NIC the user-level stack runs on")
     user.add_argument(

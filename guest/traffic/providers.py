@@ -132,7 +132,11 @@ class KernelStream:
         figure iperf3 reports), so the kernel path's retransmissions are reported as the
         user-level stacks report theirs."""
         info = self._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
-        return {"retransmits": struct.unpack_from(_TCP_INFO_FORMAT, info)[_TOTAL_RETRANS]}
+        name = self._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
+        return {
+            "retransmits": struct.unpack_from(_TCP_INFO_FORMAT, info)[_TOTAL_RETRANS],
+            "congestion": name.rstrip(b"\0").decode(),
+        }
 
     def close(self) -> None:
         self._sock.close()
@@ -167,13 +171,19 @@ class KernelListener:
 
 
 class KernelProvider:
-    """The in-kernel TCP/IP stack, via ordinary BSD sockets."""
+    """The in-kernel TCP/IP stack, via ordinary BSD sockets; `cc` picks the congestion control
+    of the connections it opens (TCP_CONGESTION), else the system's default is used."""
 
     name = "kernel"
+
+    def __init__(self, cc: str | None = None) -> None:
+        self.cc = cc
 
     def connect(self, peer: str, port: int, *, timeout: float, nodelay: bool) -> Stream:
         sock = socket.socket(_family_for(peer), socket.SOCK_STREAM)
         try:
+            if self.cc:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, self.cc.encode())
             sock.settimeout(timeout)
             sock.connect((peer, port))
             return KernelStream(sock, timeout=timeout, nodelay=nodelay)
@@ -186,8 +196,8 @@ class KernelProvider:
 
 
 # Name -> factory.  Factories (not instances) so a user-level stack is only imported when chosen.
-def _kernel(_args: object) -> SocketProvider:
-    return KernelProvider()
+def _kernel(args: object) -> SocketProvider:
+    return KernelProvider(getattr(args, "kernel_cc", None))
 
 
 def _mono(args: object) -> SocketProvider:

@@ -125,6 +125,7 @@ def run_source(args: argparse.Namespace, provider: SocketProvider) -> dict[str, 
     record["seed"] = args.seed
     if tcp is not None:  # the kernel path: its own retransmissions (user-level stacks: theirs)
         record["tcp_retransmits"] = tcp["retransmits"]
+        record["tcp_congestion"] = tcp["congestion"]
     return record
 
 
