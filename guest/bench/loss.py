@@ -150,7 +150,7 @@ def transfer(
         procs.append(relay)
         _event(relay, "ready")
         stack = None
-        path = ["--path", "kernel"]
+        path = ["--path", "kernel", "--kernel-cc", args.linux_cc]
         if sender != "linux":
             kind = "mono" if sender in ABLATION else sender
             stack_args = ["--iface", chain.if_a, "--addr", f"{SENDER_ADDR}/24", "--socket", sock]
@@ -188,6 +188,8 @@ def transfer(
         "frames": link["offered"],
         "resent_on_wire": link["tcp_retransmitted"],
     }
+    if "tcp_congestion" in sent:
+        row["linux_cc"] = sent["tcp_congestion"]  # what the kernel says it used
     if counters:
         row["stack"] = {k: counters[k] for k in STACK_COUNTERS if k in counters}
     return row
@@ -243,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="transfers per sender and rate")
     ap.add_argument("--seed", type=int, default=1, help="round k uses seed + k")
     ap.add_argument("--cc", help="our stack's congestion control (default: its own)")
+    ap.add_argument(
+        "--linux-cc",
+        default="cubic",
+        help="Linux's congestion control as the sender (default cubic, Debian's default; a "
+        "host's own may differ: bbr does not back off on random loss at all)",
+    )
     ap.add_argument("--cpu", type=int, help="run every process on this CPU only")
     ap.add_argument(
         "--ablation",
@@ -277,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps(row), file=sys.stderr, flush=True)
         elapsed = time.monotonic() - started
     summary = summarise(rows)
+    print(f"Linux sends with {args.linux_cc}; our stack with {args.cc or 'its default'}")
     print(_table(summary))
     print(
         json.dumps(
@@ -285,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bytes": args.bytes,
                 "delay_ms": args.delay_ms,
                 "cc": args.cc,
+                "linux_cc": args.linux_cc,
                 "seconds": round(elapsed, 1),
                 "summary": summary,
                 "rows": rows,
