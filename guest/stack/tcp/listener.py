@@ -112,21 +112,17 @@ class TcpListener:
             # Like Linux without SYN cookies: drop, the peer retransmits its SYN later.
             self.syns_dropped += 1
             return ListenResult()
-        ts_offset = self._ts_offset_for(remote)
-        conn = TcpConnection.accept_syn(
-            seg,
-            local=self.local,
-            remote=remote,
-            config=self.config,
-            isn=self._isn(self.local, remote, now),
-            now=now,
-            ts_offset=ts_offset,
-        )
+        conn = self._child(seg, remote, self._isn(self.local, remote, now), now)
         self._children.append(conn)
         return ListenResult(connection=conn)
 
-    def _ts_offset_for(self, remote: Endpoint) -> int:
-        return self._ts_offset(self.local, remote) if self._ts_offset is not None else 0
+    def _child(self, syn: TcpRepr, remote: Endpoint, isn: int, now: float) -> TcpConnection:
+        """A SYN-RECEIVED connection answering `syn` with initial sequence number `isn`."""
+        ts_offset = self._ts_offset(self.local, remote) if self._ts_offset is not None else 0
+        return TcpConnection.accept_syn(
+            syn, local=self.local, remote=remote, config=self.config, isn=isn, now=now,
+            ts_offset=ts_offset,
+        )  # fmt: skip
 
     def _cookie_syn_ack(self, syn: TcpRepr, remote: Endpoint, now: float) -> TcpRepr:
         """The SYN-ACK a connection accepting `syn` would send, its ISN a cookie, its TSval
@@ -136,15 +132,7 @@ class TcpListener:
         if syn.timestamp is None or not self.config.timestamps:
             syn = replace(syn, window_scale=None, sack_permitted=False)
         cookie = self._cookies.make(self.local, remote, syn.seq, syn.mss or 536, now)
-        conn = TcpConnection.accept_syn(
-            syn,
-            local=self.local,
-            remote=remote,
-            config=self.config,
-            isn=cookie,
-            now=now,
-            ts_offset=self._ts_offset_for(remote),
-        )
+        conn = self._child(syn, remote, cookie, now)
         syn_ack = conn.poll(now)[0]
         if syn_ack.timestamp is not None:
             tsval, tsecr = syn_ack.timestamp
@@ -183,15 +171,7 @@ class TcpListener:
             sack_permitted=sack,
             timestamp=(ack.timestamp[0], 0) if ack.timestamp is not None else None,
         )
-        conn = TcpConnection.accept_syn(
-            syn,
-            local=self.local,
-            remote=remote,
-            config=self.config,
-            isn=cookie,
-            now=now,
-            ts_offset=self._ts_offset_for(remote),
-        )
+        conn = self._child(syn, remote, cookie, now)
         conn.poll(now)  # the SYN-ACK, sent already as the cookie: discarded
         conn.receive_segment(ack, now)
         if conn.state is TcpState.SYN_RECEIVED or conn.state is TcpState.CLOSED:
