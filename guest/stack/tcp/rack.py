@@ -142,9 +142,6 @@ class SentLog:
         for seg in self.segments:
             seg.lost = False
 
-    def last(self) -> SentSegment | None:
-        return self.segments[-1] if self.segments else None
-
 
 def _start(seg: SentSegment) -> int:
     return seg.start
