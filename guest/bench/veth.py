@@ -131,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
                     row["retransmits"] = stack["stack"].get("tcp.retransmits_fast", 0) + stack[
                         "stack"
                     ].get("tcp.retransmits_timeout", 0)
+                    if kind == "rr" and cli["transactions"]:
+                        # Wakeups of the client's stack per transaction: the application's
+                        # request and the peer's answer are two; anything more is overhead.
+                        passes = stack["loop"]["passes"] / cli["transactions"]
+                        row["loop_passes_per_transaction"] = round(passes, 2)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
             if path == "kernel":

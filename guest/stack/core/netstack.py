@@ -279,13 +279,18 @@ class NetStack:
         c.bytes_out += sum(map(len, out))
         return out
 
+    @property
+    def has_work(self) -> bool:
+        """Output or a connection waits for `poll` now (an input was not followed by one)."""
+        return bool(self._out or self._announce or self.tcp.has_work)
+
     def next_timeout(self) -> float | None:
         """When `poll` must run next if no frame arrives; None when nothing is scheduled.
 
         May be early (a lazily rescheduled TCP timer), never late. Returns the latest `now`
         seen when work is already waiting (an input was not followed by `poll`).
         """
-        if self._out or self._announce or self.tcp.has_work:
+        if self.has_work:
             return self._now
         best = self.tcp.next_timeout()
         t = self.arp.next_timeout()
