@@ -20,8 +20,15 @@ DEFAULT_OFFLOADS = Offloads(csum=True, tso=True, gro=True)
 DEFAULT_LINGER_S = 20.0
 
 
-#: Loss-recovery mechanisms `--tcp-disable` can turn off, by the TcpConfig field of each.
-MECHANISMS = {"rack": "rack", "tlp": "tlp", "prr": "prr", "sack-recovery": "sack_recovery"}
+#: TCP mechanisms `--tcp-disable` can turn off, by the TcpConfig field of each: the loss
+#: recovery ones, and header prediction (to measure what it buys).
+MECHANISMS = {
+    "rack": "rack",
+    "tlp": "tlp",
+    "prr": "prr",
+    "sack-recovery": "sack_recovery",
+    "fast-path": "fast_path",
+}
 
 
 def _mechanisms(text: str) -> tuple[str, ...]:

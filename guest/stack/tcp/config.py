@@ -58,6 +58,11 @@ class TcpConfig:
     #: the peer reports delivered, so the window comes down to ssthresh smoothly instead of
     #: stopping to send for half a round trip and then bursting.
     prr: bool = True
+    #: Header prediction (`fastpath.py`): the next in-order segment or a pure ACK of new data
+    #: on a quiet ESTABLISHED connection skips the full path's checks, with the same outcome.
+    #: Off: every segment takes the full path (the specification the fast path is tested
+    #: against).
+    fast_path: bool = True
     #: Disable Nagle's algorithm (RFC 9293 section 3.7.4); on by default because the benchmarks
     #: measure request/response latency.
     nodelay: bool = True

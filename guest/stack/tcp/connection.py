@@ -33,6 +33,7 @@ from .events import (
     TcpReset,
     TcpSendSpaceAvailable,
 )
+from .fastpath import predicted
 from .options import Negotiated, max_sack_blocks, negotiate, sack_option_space, window_shift_for
 from .prr import Prr
 from .rack import Rack, SentLog, probe_timeout
@@ -97,6 +98,7 @@ class TcpConnection:
         self._opened = False
         self._events: list[TcpEvent] = []
         self._stats = TcpStats()
+        self._fast_path = cfg.fast_path
 
         iss = isn & SEQ_MASK
         self.iss = iss
@@ -425,6 +427,8 @@ class TcpConnection:
     def receive_segment(self, seg: TcpRepr, now: float) -> None:
         """Process one inbound segment (RFC 9293 section 3.10.7). Call `poll` afterwards."""
         self._stats.segments_in += 1
+        if self._fast_path and predicted(self, seg, now):
+            return  # header prediction (fastpath.py): the full path's outcome, found sooner
         st = self.state
         if st is TcpState.SYN_SENT:
             self._arrive_syn_sent(seg, now)
