@@ -10,6 +10,8 @@ Send path: an application writes 64 KiB at a time to an established connection a
 builds the data frames; the peer's ACKs (from a second stack, wired back to back) are fed in.
 Only the sending stack's calls are timed: with full checksums, with transmit checksum offload
 (the seed only), and with TSO (64000-byte frames; the device's segmentation is not counted).
+Request/response: both stacks' work for a 64-byte request and its 64-byte answer.
+Every figure with TCP header prediction on and off (`TcpConfig.fast_path`), side by side.
 
 `--profile` prints where the receive path's time goes (cProfile, top functions).
 Each figure is the best of `--repeat` runs (the least disturbed by the rest of the machine).
@@ -91,9 +93,11 @@ def _data_frames(a: NetStack, b: NetStack, ha: int, count: int) -> list[bytearra
     return frames
 
 
-def bench_receive(count: int, *, delayed_ack: bool, checksum_ok: bool) -> tuple[float, float]:
+def bench_receive(
+    count: int, *, delayed_ack: bool, checksum_ok: bool, fast_path: bool = True
+) -> tuple[float, float]:
     """Returns (microseconds per segment, ACK frames per segment)."""
-    config = TcpConfig(delayed_ack=delayed_ack)
+    config = TcpConfig(delayed_ack=delayed_ack, fast_path=fast_path)
     a, b, ha, hb = _pair(config)
     frames = _data_frames(a, b, ha, count)
     receive = b.receive_frame
@@ -114,6 +118,36 @@ def bench_receive(count: int, *, delayed_ack: bool, checksum_ok: bool) -> tuple[
     return elapsed / count * 1e6, acks / count
 
 
+def bench_rr(count: int, *, fast_path: bool = True) -> float:
+    """Microseconds of both stacks' work per 64-byte request and 64-byte answer.
+
+    Per transaction: A sends the request and B receives it, hands it to its application and
+    answers; A receives the answer (which carries B's ACK) and hands it on. Delayed ACKs never
+    fire: each side's data acknowledges the other's, as in the traffic tool's rr test.
+    """
+    a, b, ha, hb = _pair(TcpConfig(fast_path=fast_path))
+    request, answer = os.urandom(64), os.urandom(64)
+    now = 0.001
+    start = time.perf_counter()
+    for _ in range(count):
+        a.tcp_send(ha, request)
+        for f in a.poll(now):
+            b.receive_frame(f, now)
+        b.tcp_recv(hb)
+        b.tcp_send(hb, answer)
+        for f in b.poll(now):
+            a.receive_frame(f, now)
+        a.tcp_recv(ha)
+        for f in a.poll(now):
+            b.receive_frame(f, now)
+        b.poll(now)
+        a.events()
+        b.events()
+    elapsed = time.perf_counter() - start
+    assert b.socket_info(hb)["stats"]["bytes_in"] == count * 64  # type: ignore[index]
+    return elapsed / count * 1e6
+
+
 def _wire(frame: bytearray, offload: bool) -> list[bytearray]:
     """What a device does to a frame before it reaches the peer: TSO and checksum offload."""
     if type(frame) is TsoFrame:
@@ -123,9 +157,11 @@ def _wire(frame: bytearray, offload: bool) -> list[bytearray]:
     return [frame]
 
 
-def bench_send(total: int, *, tso: int = 0, offload: bool = False) -> tuple[float, int]:
+def bench_send(
+    total: int, *, tso: int = 0, offload: bool = False, fast_path: bool = True
+) -> tuple[float, int]:
     """Returns (microseconds per segment in the sender, segments sent)."""
-    config = TcpConfig(send_buffer_size=1 << 20, recv_buffer_size=4 << 20)
+    config = TcpConfig(send_buffer_size=1 << 20, recv_buffer_size=4 << 20, fast_path=fast_path)
     a, b, ha, hb = _pair(config, tso_max_size=tso, tx_checksum_offload=offload)
     chunk = os.urandom(65536)
     sent = 0
@@ -182,6 +218,12 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=20000, help="segments per measurement")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; best is shown")
     parser.add_argument("--profile", action="store_true", help="cProfile the receive path")
+    parser.add_argument(
+        "--fast-path",
+        choices=("both", "on", "off"),
+        default="both",
+        help="header prediction on, off, or both side by side (default)",
+    )
     args = parser.parse_args()
     n = args.segments
 
@@ -193,16 +235,17 @@ def main() -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return
 
+    modes = {"on": (True,), "off": (False,), "both": (True, False)}[args.fast_path]
     print(f"receive path, {SEGMENT}-byte segments: frame in -> data delivered -> ACK out")
     for label, kw in (
         ("delayed ACK (1 ACK / 2 segments)", {"delayed_ack": True, "checksum_ok": False}),
         ("ACK every segment", {"delayed_ack": False, "checksum_ok": False}),
         ("delayed ACK, rx checksum offload", {"delayed_ack": True, "checksum_ok": True}),
     ):
-        us, acks = min(bench_receive(n, **kw) for _ in range(args.repeat))
-        print(
-            f"  {label:36s} {us:7.2f} us/segment  {1e6 / us:9,.0f} segments/s  {acks:.2f} ACK/seg"
-        )
+        for fast in modes:
+            us, acks = min(bench_receive(n, fast_path=fast, **kw) for _ in range(args.repeat))
+            rate = f"{1e6 / us:9,.0f} segments/s"
+            print(f"  {label:36s} {_fp(fast)} {us:7.2f} us/segment  {rate}  {acks:.2f} ACK/seg")
 
     print(f"send path, {SEGMENT}-byte segments: tcp_send -> data frames out (+ ACK processing)")
     total = n * SEGMENT
@@ -211,9 +254,23 @@ def main() -> None:
         ("tx checksum offload", 0, True),
         ("TSO 64000-byte frames", 64000, False),
     ):
-        us, segs = min(bench_send(total, tso=tso, offload=offload) for _ in range(args.repeat))
-        rate = f"{1e6 / us:9,.0f} segments/s"
-        print(f"  {label:36s} {us:7.2f} us/segment  {rate}  ({segs} segs)")
+        for fast in modes:
+            us, segs = min(
+                bench_send(total, tso=tso, offload=offload, fast_path=fast)
+                for _ in range(args.repeat)
+            )
+            rate = f"{1e6 / us:9,.0f} segments/s"
+            print(f"  {label:36s} {_fp(fast)} {us:7.2f} us/segment  {rate}  ({segs} segs)")
+
+    print("request/response, 64 bytes each way: both stacks' work per transaction")
+    for fast in modes:
+        us = min(bench_rr(n // 4, fast_path=fast) for _ in range(args.repeat))
+        label = "send, receive, answer, receive"
+        print(f"  {label:36s} {_fp(fast)} {us:7.2f} us/transaction  {1e6 / us:9,.0f} trans/s")
+
+
+def _fp(fast: bool) -> str:
+    return "fast path on " if fast else "fast path off"
 
 
 if __name__ == "__main__":
