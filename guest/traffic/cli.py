@@ -59,7 +59,8 @@ def _common_options() -> argparse.ArgumentParser:
         "--path",
         choices=sorted(PROVIDERS),
         default="kernel",
-        help="network stack under test (default: kernel)",
+        help="network stack under test (default: kernel); floor: no stack, raw frames through "
+        "a PACKET_MMAP ring on --iface, the least Python can do (guest/traffic/floor.py)",
     )
     common.add_argument(
         "--port",
@@ -79,8 +80,8 @@ def _common_options() -> argparse.ArgumentParser:
         help="kernel path: the congestion control of the connections opened (TCP_CONGESTION; "
         "default: the system's, which a host may set to bbr while Debian's is cubic)",
     )
-    user = common.add_argument_group("user-level paths (mono, factored)")
-    user.add_argument("--iface", help="NIC the user-level stack runs on")
+    user = common.add_argument_group("user-level paths (mono, factored, floor)")
+    user.add_argument("--iface", help="NIC the user-level stack (or the floor) runs on")
     user.add_argument(
         "--addr",
         help="the stack's address, CIDR; starts a stack for the run when none serves --iface",

@@ -212,11 +212,18 @@ def _factored(args: object) -> SocketProvider:
     return FactoredProvider(args)
 
 
+def _floor(args: object) -> SocketProvider:
+    from .floor import FloorProvider
+
+    return FloorProvider(args)  # type: ignore[arg-type]
+
+
 #: Path name -> factory taking the parsed arguments (user-level paths need --iface/--addr).
 PROVIDERS: dict[str, Callable[[object], SocketProvider]] = {
     "kernel": _kernel,
     "mono": _mono,
     "factored": _factored,
+    "floor": _floor,
 }
 
 

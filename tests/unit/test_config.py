@@ -440,7 +440,7 @@ def test_allowed_paths_is_the_single_source_of_truth(
     links: [{endpoints: [a, b]}]
     experiments: [{name: m, type: stream, path: factored, client: a, server: b}]
     """
-    assert ALLOWED_PATHS == ("kernel", "mono", "factored")
+    assert ALLOWED_PATHS == ("kernel", "mono", "factored", "floor")
     assert parse_lab(textwrap.dedent(text)).experiment("m").path == "factored"
     monkeypatch.setattr(config_module, "ALLOWED_PATHS", ("kernel", "mono"))
     with pytest.raises(ConfigError, match="path 'factored' is not allowed"):
