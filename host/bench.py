@@ -361,7 +361,7 @@ def _record(exp: ExperimentConfig, path: RoutePath, runs: list[dict], impairment
         "experiment": exp.name,
         "type": exp.type,
         "path": exp.path,
-        "stack": None if exp.path == "kernel" else exp.stack.model_dump(),
+        "stack": None if exp.path in ("kernel", "floor") else exp.stack.model_dump(),
         "client": exp.client,
         "server": exp.server,
         "link": exp.link,

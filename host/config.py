@@ -373,6 +373,11 @@ class _ExperimentCommon(_Strict):
                 "stack options apply to the user-level paths (mono, factored), not to the "
                 "kernel's stack"
             )
+        if given and path == "floor":
+            raise ValueError(
+                "stack options apply to the user-level stacks (mono, factored); the floor "
+                "path runs no stack"
+            )
         if "link" in given and path not in (None, "factored"):
             raise ValueError(f"stack.link applies to the factored path only, not to {path}")
         return value
@@ -652,7 +657,23 @@ def _experiment_problems(lab: LabConfig) -> Iterator[tuple[Loc, str]]:
             )
         yield from _override_problems(lab, index, exp, routes)
         yield from _forward_problems(lab, index, exp, routes)
+        yield from _floor_problems(index, exp, routes)
     yield from _baseline_problems(lab)
+
+
+def _floor_problems(
+    index: int, exp: ExperimentConfig, routes: Routing
+) -> Iterator[tuple[Loc, str]]:
+    """The floor path moves raw Ethernet frames: its two ends must share a link."""
+    if exp.path != "floor":
+        return
+    path = routes.path(exp.client, exp.server, exp.link)
+    if path is not None and path.hops > 1:
+        yield (
+            ("experiments", index, "path"),
+            f"path floor speaks no IP (raw frames on one link), but {exp.client} and "
+            f"{exp.server} are {path.hops} hops apart; pick two nodes that share a link",
+        )
 
 
 def _forward_problems(

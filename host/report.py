@@ -61,6 +61,8 @@ def path_label(rec: dict) -> str:
     socket-proxy")."""
     kind = EXPERIMENT_TYPES.get(rec["type"])
     path = (kind and kind.path_label) or rec["path"]
+    if path == "floor":
+        path = "floor (raw frames, ring)"
     opts = rec.get("stack") or {}
     if opts:
         notes = [opts["offload"]]
@@ -123,7 +125,9 @@ def per_round(record: dict, key: str) -> dict[int, float]:
 
 
 def comparisons(results: list[dict]) -> list[dict]:
-    """Each experiment that names a baseline, as ratios of the baseline's figure.
+    """Each experiment that names a baseline, as ratios of the baseline's figure; then each
+    user-level stack's experiment against the floor experiment of its type and ends, if the
+    lab ran one (the floor names the kernel as its baseline, and a stack has one baseline).
 
     Ratios are paired by round (this round's figure over the baseline's in the same round),
     so that drift between rounds cancels out; their median and range are given. An
@@ -133,28 +137,51 @@ def comparisons(results: list[dict]) -> list[dict]:
     by_name = {rec["experiment"]: rec for rec in results}
     out = []
     for rec in results:
-        kind = EXPERIMENT_TYPES.get(rec["type"])
-        if not rec.get("baseline") or kind is None or kind.compared is None:
-            continue
-        key, figure = kind.compared.key, kind.compared.figure
-        entry: dict = {"experiment": rec["experiment"], "baseline": rec["baseline"]}
-        entry |= {"figure": figure, "key": key, "ratios": [], "rounds": []}
-        base = by_name.get(rec["baseline"])
-        if base is None:
-            out.append(entry | {"missing": "baseline not run"})
-            continue
-        mine, theirs = per_round(rec, key), per_round(base, key)
-        for r in sorted(set(mine) & set(theirs)):
-            if theirs[r]:
-                entry["rounds"].append(r)
-                entry["ratios"].append(mine[r] / theirs[r])
-        if not entry["ratios"]:
-            out.append(entry | {"missing": "no round where both succeeded"})
-            continue
-        ratios = entry["ratios"]
-        entry |= {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
-        out.append(entry)
+        if rec.get("baseline"):
+            entry = _ratios(rec, rec["baseline"], by_name.get(rec["baseline"]))
+            if entry is not None:
+                out.append(entry)
+    for rec in results:
+        if rec.get("path") in ("mono", "factored"):
+            floor = _floor_of(rec, results)
+            if floor is not None and floor["experiment"] != rec.get("baseline"):
+                entry = _ratios(rec, floor["experiment"], floor)
+                if entry is not None:
+                    out.append(entry)
     return out
+
+
+def _floor_of(rec: dict, results: list[dict]) -> dict | None:
+    """The floor experiment measuring the same thing as `rec` between the same nodes."""
+    for other in results:
+        if (
+            other.get("path") == "floor"
+            and other["type"] == rec["type"]
+            and (other.get("client"), other.get("server")) == (rec.get("client"), rec.get("server"))
+        ):
+            return other
+    return None
+
+
+def _ratios(rec: dict, base_name: str, base: dict | None) -> dict | None:
+    """`rec`'s figure over `base`'s, round by round (None: its type compares nothing)."""
+    kind = EXPERIMENT_TYPES.get(rec["type"])
+    if kind is None or kind.compared is None:
+        return None
+    key, figure = kind.compared.key, kind.compared.figure
+    entry: dict = {"experiment": rec["experiment"], "baseline": base_name}
+    entry |= {"figure": figure, "key": key, "ratios": [], "rounds": []}
+    if base is None:
+        return entry | {"missing": "baseline not run"}
+    mine, theirs = per_round(rec, key), per_round(base, key)
+    for r in sorted(set(mine) & set(theirs)):
+        if theirs[r]:
+            entry["rounds"].append(r)
+            entry["ratios"].append(mine[r] / theirs[r])
+    if not entry["ratios"]:
+        return entry | {"missing": "no round where both succeeded"}
+    ratios = entry["ratios"]
+    return entry | {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
 def comparison_table(data: dict) -> Table | None:

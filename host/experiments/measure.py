@@ -113,6 +113,16 @@ def stack_summary(client: dict, server: dict) -> dict | None:
     for side, st in stacks.items():
         if not st:
             continue
+        if "floor" in st:  # the floor path: no stack, its own go-back-N's counters
+            floor, dev = st["floor"], st.get("device", {})
+            out[side] = {
+                "retransmits": floor.get("resent", 0),
+                "timeouts": floor.get("timeouts", 0),
+                "tx_frames": dev.get("tx_frames", 0),
+                "rx_frames": dev.get("rx_frames", 0),
+                "rx_dropped": dev.get("rx_dropped", 0),
+            }
+            continue
         tcp = st.get("stack", {})
         nic = st.get("nic", {})
         dev = st.get("device", {})

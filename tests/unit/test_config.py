@@ -124,6 +124,8 @@ def test_default_config_resolves() -> None:
     assert summary == {
         "kernel-stream": ("stream", "kernel", "a", "b", "a-b", 10.0),
         "kernel-rr": ("rr", "kernel", "a", "b", "a-b", 5.0),
+        "floor-stream": ("stream", "floor", "a", "b", "a-b", 10.0),
+        "floor-rr": ("rr", "floor", "a", "b", "a-b", 5.0),
         "mono-stream": ("stream", "mono", "a", "b", "a-b", 10.0),
         "mono-rr": ("rr", "mono", "a", "b", "a-b", 5.0),
         "factored-stream": ("stream", "factored", "a", "b", "a-b", 10.0),

@@ -69,6 +69,31 @@ def test_missing_baseline_or_no_common_round_is_said() -> None:
     assert table is not None and table.row_count == 2
 
 
+def test_user_level_stacks_are_also_compared_with_the_floor_of_their_type() -> None:
+    def on(rec: dict, path: str, client: str = "a") -> dict:
+        return rec | {"path": path, "client": client, "server": "b"}
+
+    results = [
+        on(record("kernel-stream", "stream", stream_runs(400, 300)), "kernel"),
+        on(record("floor-stream", "stream", stream_runs(200, 150), "kernel-stream"), "floor"),
+        on(record("mono-stream", "stream", stream_runs(50, 30), "kernel-stream"), "mono"),
+        on(record("factored-stream", "stream", stream_runs(40, 30), "mono-stream"), "factored"),
+        # Other ends, or another type: no floor of theirs was run.
+        on(record("mono-rev", "stream", stream_runs(50, 30), "kernel-stream"), "mono", "c"),
+        on(record("mono-rr", "rr", [{"p50_us": 900, "round": 1}]), "mono"),
+    ]
+    pairs = {(row["experiment"], row["baseline"]): row for row in comparisons(results)}
+    assert set(pairs) == {
+        ("floor-stream", "kernel-stream"),
+        ("mono-stream", "kernel-stream"),
+        ("factored-stream", "mono-stream"),
+        ("mono-rev", "kernel-stream"),
+        ("mono-stream", "floor-stream"),
+        ("factored-stream", "floor-stream"),
+    }
+    assert pairs[("mono-stream", "floor-stream")]["ratios"] == pytest.approx([0.25, 0.2])
+
+
 def test_no_table_without_baselines() -> None:
     data = {"metadata": {}, "results": [record("mono", "stream", stream_runs(1))]}
     assert comparison_table(data) is None

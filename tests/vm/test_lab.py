@@ -132,3 +132,28 @@ def test_user_stack_survives_a_bad_link_both_ways(lab, path):
         for g in (a, b):
             g.run("tc qdisc del dev eth1 root 2>/dev/null; true")
         b.run("ethtool -K eth1 tso on gso on")
+
+
+def test_the_floor_path_moves_a_checked_stream_and_answers_requests(lab):
+    """The yardstick row's program on the real e1000s: a stream through netem's loss,
+    duplication, corruption and reordering arrives whole (it resent, and refused damaged
+    frames), and 64-byte requests are answered."""
+    a, b = lab.guest("a"), lab.guest("b")
+    floor = "--path floor --iface eth1"
+    for g in (a, b):
+        g.run(f"tc qdisc replace dev eth1 root netem {NETEM}").check()
+    try:
+        sent, got = checked_stream(
+            a, b, _server_ip(lab), 6201, STREAM_BYTES, seed=9, source_args=floor, sink_args=floor
+        )
+        assert sent["path"] == got["path"] == "floor"
+        assert sent["stack"]["floor"]["resent"] > 0
+        assert got["stack"]["floor"]["bad"] > 0  # netem's damaged frames, refused by the CRC
+    finally:
+        for g in (a, b):
+            g.run("tc qdisc del dev eth1 root 2>/dev/null; true")
+    server = _listening(b.start(traffic_command("rr-server", f"{floor} --port 6202")))
+    ask = f"{floor} --peer {_server_ip(lab)} --port 6202 --count 200 --connect-timeout 30"
+    client = result(a.run(traffic_command("rr-client", ask), timeout=120))
+    assert client["transactions"] == result(server.wait(timeout=60))["transactions"] == 200
+    assert 0 < client["latency_us"]["p50"] <= client["latency_us"]["p99"]
