@@ -9,6 +9,7 @@ it. So the difference measured between the two paths is the device underneath an
 from __future__ import annotations
 
 import os
+import resource
 import selectors
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import asdict
 
 from guest.stack.backend import NetStackBackend
 from guest.stack.core.netstack import NetStack
+from guest.stack.cpuprofile import LayerProfile
 from guest.stack.device.base import Device
 from guest.stack.nic import Nic
 from guest.stack.offloads import Offloads
@@ -28,6 +30,12 @@ from guest.stack.tcp.config import TcpConfig
 #: polls again; bounded so that a stack that keeps making work for itself still reads its NIC
 #: and sessions.
 _SETTLE_ROUNDS = 4
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """This process's CPU so far: user, system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
 
 
 def slowed(
@@ -65,8 +73,11 @@ class StackLoop:
         linger: float = DEFAULT_LINGER_S,
         inject_rx_us: float = 0.0,
         tcp_config: TcpConfig | None = None,
+        profile: bool = False,
     ):
         self.dev = dev
+        #: `--profile`: the loop runs under cProfile and `stats()` says where its CPU went.
+        self.profile = LayerProfile() if profile else None
         self.inject_rx_s = max(inject_rx_us, 0.0) / 1e6
         self.nic = Nic(dev, offloads)
         self.clock = time.monotonic
@@ -91,6 +102,7 @@ class StackLoop:
         #: Loop passes (one poll system call each): what request/response traffic pays per
         #: wakeup, reported with the counters so a bench can show passes per transaction.
         self.passes = 0
+        self._cpu_at_start = _cpu_seconds()
 
     def stop(self, *_args) -> None:
         self._stop = True
@@ -102,6 +114,17 @@ class StackLoop:
         self.dev.flush()
 
     def run(self) -> None:
+        self._cpu_at_start = _cpu_seconds()
+        if self.profile is None:
+            self._run()
+            return
+        self.profile.start()
+        try:
+            self._run()
+        finally:
+            self.profile.stop()
+
+    def _run(self) -> None:
         sel = selectors.PollSelector()
         dev_fd = self.dev.fileno()
         version = -1
@@ -171,7 +194,16 @@ class StackLoop:
             "device": asdict(self.dev.stats),
             "nic": self.nic.stats(),
             "loop": {"passes": self.passes},
+            "cpu": self._cpu_since_start(),
+            **({"profile": self.profile.by_layer()} if self.profile is not None else {}),
         }
+
+    def _cpu_since_start(self) -> dict[str, float]:
+        """The loop's CPU (the stack's start-up left out): what a bench divides by its
+        transactions or megabytes."""
+        user, system = _cpu_seconds()
+        user0, system0 = self._cpu_at_start
+        return {"user_s": round(user - user0, 3), "system_s": round(system - system0, 3)}
 
     def close_server(self) -> None:
         self.server.close()

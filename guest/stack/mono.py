@@ -48,6 +48,7 @@ class MonoStack(StackLoop):
         linger: float = DEFAULT_LINGER_S,
         inject_rx_us: float = 0.0,
         tcp_config: TcpConfig | None = None,
+        profile: bool = False,
     ):
         from guest.stack.device.setup import take_over
 
@@ -58,7 +59,15 @@ class MonoStack(StackLoop):
             dev = open_device(device, iface, offloads.vnet_hdr)
             try:
                 super().__init__(
-                    dev, offloads, addr, socket_path, gateway, linger, inject_rx_us, tcp_config
+                    dev,
+                    offloads,
+                    addr,
+                    socket_path,
+                    gateway,
+                    linger,
+                    inject_rx_us,
+                    tcp_config,
+                    profile=profile,
                 )
             except BaseException:
                 dev.close()
@@ -91,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         args.offload,
         inject_rx_us=args.inject_rx_us,
         tcp_config=tcp_config_from(args),
+        profile=args.profile,
     )
     signal.signal(signal.SIGTERM, stack.stop)
     signal.signal(signal.SIGINT, stack.stop)

@@ -68,6 +68,12 @@ def add_stack_arguments(ap: argparse.ArgumentParser) -> None:
         "on every received frame (default 0: off)",
     )
     ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the loop under cProfile and report its CPU by layer on exit (in the stopped "
+        "line's stats; roughly doubles the stack's CPU, so compare profiled runs only)",
+    )
+    ap.add_argument(
         "--cc",
         choices=tuple(CONGESTION_CONTROLS),
         default=DEFAULT_CC,

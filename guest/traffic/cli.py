@@ -114,6 +114,11 @@ def _common_options() -> argparse.ArgumentParser:
         help=f"TCP congestion control of a stack started for the run (default {DEFAULT_CC})",
     )
     user.add_argument(
+        "--stack-profile",
+        action="store_true",
+        help="a stack started for the run profiles its loop and reports its CPU by layer",
+    )
+    user.add_argument(
         "--stack-inject-rx-us",
         type=float,
         default=0.0,

@@ -114,6 +114,7 @@ class MonoProvider:
             getattr(args, "stack_cc", None) or DEFAULT_CC,
             *(["--gateway", gateway] if gateway else []),
             *(["--inject-rx-us", str(inject)] if (inject := _injected(args)) else []),
+            *(["--profile"] if getattr(args, "stack_profile", False) else []),
             *self.extra_stack_args(args),
         ]
 

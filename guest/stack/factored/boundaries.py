@@ -129,7 +129,13 @@ def _summarize_shared(name: str, proto: dict, drv: dict) -> dict:
     link: dict[str, Any] = {"mode": name, "driver": drv.get("kicker")}
     if "transmit" in proto:
         link["transmit"] = proto["transmit"]
-    return {"stack": proto.get("stack"), "nic": proto.get("nic"), "device": device, "link": link}
+    return {
+        "stack": proto.get("stack"),
+        "nic": proto.get("nic"),
+        "device": device,
+        "link": link,
+        **_loop_figures(proto),
+    }
 
 
 # --- frames copied through rings of their own (copy) ------------------------------------------
@@ -190,7 +196,14 @@ def _summarize_copy(name: str, proto: dict, drv: dict) -> dict:
         "device": drv.get("device"),
         "link": {"mode": name, "protocol": proto.get("device"), "driver": drv.get("pump")},
         "bells": {"protocol": proto.get("bells"), "driver": drv.get("bells")},
+        **_loop_figures(proto),
     }
+
+
+def _loop_figures(proto: dict) -> dict:
+    """What the protocol domain's loop says of itself, as the monolithic stack reports it:
+    its passes, its CPU and, with `--profile`, its CPU by layer."""
+    return {key: proto[key] for key in ("loop", "cpu", "profile") if key in proto}
 
 
 #: Boundary name (`--link`) -> its set-up; the default first.

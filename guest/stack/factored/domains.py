@@ -188,6 +188,7 @@ def protocol_body(
             args.linger,
             args.inject_rx_us,
             tcp_config_from(args),
+            profile=args.profile,
         )
         signal.signal(signal.SIGTERM, sp.stop)
         end = dev.end if isinstance(dev, ShmDevice) else None
