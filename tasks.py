@@ -358,9 +358,13 @@ def lab_sweep(c, lab=None, force=False):
         "plot": "also write a PNG plot",
         "rounds": "run the experiments N times over, interleaved (default 1); the report "
         "gives medians and each baseline ratio paired round by round",
+        "profile": "the user-level stacks profile their loop and report where their CPU went, "
+        "by layer, per transaction or per MB (costs them CPU: compare profiled runs only)",
     }
 )
-def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False, rounds=1):
+def bench(
+    c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False, rounds=1, profile=False
+):
     """Run a lab's experiments and print/save the results (JSON, table, optional plot).
 
     Uses the lab if it is already up (lab.up); otherwise brings one up for the run and tears it
@@ -383,6 +387,10 @@ def bench(c, config=DEFAULT_CONFIG, only=None, accel=None, out=None, plot=False,
         raise Exit(f"--rounds must be a whole number of at least 1, not {rounds!r}", code=2)
     rounds = int(rounds)
     _check_injection()
+    if profile:
+        from host.bench import PROFILE_ENV
+
+        os.environ[PROFILE_ENV] = "1"
     stem = result_stem(cfg.lab, out_dir)
     captures = stem.with_name(stem.name + ".captures")  # used only by experiments with capture:
     running = LabState.load(cfg.lab)

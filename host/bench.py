@@ -39,6 +39,15 @@ INFRA, EXPERIMENT = "infrastructure", "experiment"
 INJECT_ENV = "STACKBED_INJECT_RX_US"
 
 
+#: `invoke bench --profile`: the user-level stacks run their loop under cProfile and report
+#: their CPU by layer (guest/stack/cpuprofile.py); it costs them CPU, so it is recorded.
+PROFILE_ENV = "STACKBED_PROFILE"
+
+
+def profiling() -> bool:
+    return os.environ.get(PROFILE_ENV, "") == "1"
+
+
 def injected_rx_us() -> float:
     """The knob's value from the environment (0: off); a bad value is refused by name."""
     text = os.environ.get(INJECT_ENV, "").strip()
@@ -72,6 +81,8 @@ def path_args(
                 args += f" --stack-gateway {gateway}"
             if inject := injected_rx_us():
                 args += f" --stack-inject-rx-us {inject:g}"
+            if profiling():
+                args += " --stack-profile"
             if exp.path == "factored":
                 args += f" --stack-link {exp.stack.link}"
             return args
@@ -443,6 +454,7 @@ def metadata(config: LabConfig, state: LabState, image_manifest: dict, rounds: i
         "rounds": rounds,
         # Set only when a user asked for it: the figures of such a run are slowed on purpose.
         "fault_injection": {"rx_us": rx_us} if (rx_us := injected_rx_us()) else None,
+        "profiled": profiling(),
         "boot_seconds": {n.name: n.boot_seconds for n in state.nodes},
         "config": config.to_dict(),
     }

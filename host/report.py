@@ -255,10 +255,80 @@ def forwarding_table(data: dict) -> Table | None:
     return table
 
 
+#: The layers of a stack's CPU profile, in the table's order (guest/stack/cpuprofile.py).
+PROFILE_LAYERS = ("wire", "tcp", "core", "session", "device", "loop", "syscalls", "other")
+
+
+def stack_costs(rec: dict) -> list[dict]:
+    """What each user-level stack of an experiment spent per unit of work (a transaction for
+    rr, a megabyte for stream), from its loop's own CPU count and, when the run was profiled,
+    by layer; one entry per side, from the first successful run that has the figures."""
+    per_mb = rec["type"] == "stream"
+    for run in rec["runs"]:
+        stack = run.get("stack") or {}
+        units = run.get("bytes", 0) / 1e6 if per_mb else run.get("transactions", 0)
+        if "error" in run or not units or not any("cpu" in v for v in stack.values()):
+            continue
+        out = []
+        for side in ("client", "server"):
+            figures = stack.get(side) or {}
+            if "cpu" not in figures:
+                continue
+            cpu = figures["cpu"]["user_s"] + figures["cpu"]["system_s"]
+            entry = {"side": side, "unit": "MB" if per_mb else "transaction"}
+            entry["cpu_us"] = cpu / units * 1e6
+            if not per_mb and "loop" in figures:
+                entry["passes"] = figures["loop"]["passes"] / units
+            if profile := figures.get("profile"):
+                total = profile["cpu_s"] or 1.0
+                entry["layers"] = {k: v / total for k, v in profile["layers"].items()}
+                entry["profiled_us"] = profile["cpu_s"] / units * 1e6
+            out.append(entry)
+        return out
+    return []
+
+
+def stack_cost_table(data: dict) -> Table | None:
+    """The user-level stacks' CPU per transaction or per MB, by layer when profiled."""
+    rows = [(rec, cost) for rec in data["results"] for cost in stack_costs(rec)]
+    if not rows:
+        return None
+    profiled = any("layers" in cost for _, cost in rows)
+    table = Table(title="where the user-level stacks' CPU goes", title_justify="left")
+    for col in ("experiment", "side", "CPU µs per", "loop passes"):
+        table.add_column(col, justify="left" if col in ("experiment", "side") else "right")
+    layers = PROFILE_LAYERS if profiled else ()
+    for layer in layers:
+        table.add_column(layer, justify="right")
+    for rec, cost in rows:
+        cells = [
+            rec["experiment"],
+            cost["side"],
+            f"{cost['cpu_us']:,.0f} / {cost['unit']}",
+            _fmt(cost.get("passes"), ".2f"),
+        ]
+        shares = cost.get("layers", {})
+        cells += [_pct(shares[layer]) if layer in shares else "-" for layer in layers]
+        table.add_row(*cells)
+    table.caption = (
+        "CPU of each stack's loop (process, or the factored protocol domain) over the run, "
+        "per rr transaction or per MB streamed; loop passes per transaction"
+        + (
+            " · by layer: shares of the profiled CPU (cProfile roughly doubles it: compare "
+            "profiled runs with profiled runs only)"
+            if profiled
+            else ""
+        )
+    )
+    return table
+
+
 def print_results(data: dict, console: Console | None = None) -> None:
     console = console or Console()
     console.print(results_table(data))
     if (table := comparison_table(data)) is not None:
+        console.print(table)
+    if (table := stack_cost_table(data)) is not None:
         console.print(table)
     if (table := forwarding_table(data)) is not None:
         console.print(table)

@@ -139,6 +139,9 @@ def stack_summary(client: dict, server: dict) -> dict | None:
             "rx_dropped": dev.get("rx_dropped", 0),
             "drops": tcp.get("drops_total", 0),
         }
+        for key in ("loop", "cpu", "profile"):  # the stack loop's own account of itself
+            if key in st:
+                out[side][key] = st[key]
         link = st.get("link") or {}
         boundary = BOUNDARIES.get(link.get("mode", ""))
         if boundary is not None and boundary.over_kernel_rings:

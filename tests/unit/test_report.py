@@ -214,3 +214,34 @@ def test_plot_adds_a_row_against_hops_only_when_hops_vary(tmp_path: Path) -> Non
     two_rows = plot([chain, flat], tmp_path / "both.png")
     (w1, h1), (w2, h2) = png_size(one_row), png_size(two_rows)
     assert w1 == w2 and h2 > 1.8 * h1
+
+
+def test_stack_costs_per_transaction_and_per_megabyte_by_layer() -> None:
+    from host.report import stack_cost_table, stack_costs
+
+    side = {
+        "cpu": {"user_s": 0.9, "system_s": 0.1},
+        "loop": {"passes": 2000},
+        "profile": {"layers": {"tcp": 1.5, "wire": 0.5}, "cpu_s": 2.0, "wait_s": 9.0},
+    }
+    rr = record("mono-rr", "rr", [{"round": 1, "transactions": 1000, "stack": {"client": side}}])
+    (cost,) = stack_costs(rr)
+    assert cost["side"] == "client" and cost["unit"] == "transaction"
+    assert cost["cpu_us"] == pytest.approx(1000.0) and cost["passes"] == pytest.approx(2.0)
+    assert cost["layers"] == {"tcp": pytest.approx(0.75), "wire": pytest.approx(0.25)}
+    plain = {"cpu": {"user_s": 2.0, "system_s": 0.0}}
+    stream = record(
+        "mono-stream",
+        "stream",
+        [
+            {"error": "boom", "round": 1},
+            {"round": 2, "bytes": 4_000_000, "stack": {"client": plain, "server": plain}},
+        ],
+    )
+    costs = stack_costs(stream)
+    assert [c["unit"] for c in costs] == ["MB", "MB"]
+    assert costs[0]["cpu_us"] == pytest.approx(500_000.0) and "layers" not in costs[0]
+    kernel = record("kernel-rr", "rr", [{"round": 1, "transactions": 10, "stack": None}])
+    assert stack_costs(kernel) == []
+    table = stack_cost_table({"results": [kernel, rr, stream]})
+    assert table is not None and table.row_count == 3
