@@ -55,10 +55,14 @@ class SentLog:
     TSO super-segment); the record is then split so each piece keeps its own history.
     """
 
-    __slots__ = ("segments",)
+    __slots__ = ("maybe_lost", "segments")
 
     def __init__(self) -> None:
         self.segments: list[SentSegment] = []
+        #: False when no record is marked lost (True: some may be). Every poll of a sending
+        #: connection asks for the first lost record, and scanning the whole flight for it
+        #: each time made a full window cost one pass over the log per segment sent.
+        self.maybe_lost = False
 
     def __len__(self) -> int:
         return len(self.segments)
@@ -128,19 +132,25 @@ class SentLog:
 
     def lost_bytes(self, below: int) -> int:
         """Octets below `below` marked lost and not yet resent (RFC 6675 pipe's "lost" term)."""
+        if not self.maybe_lost:
+            return 0
         return sum(min(s.end, below) - s.start for s in self.segments if s.lost and s.start < below)
 
     def first_lost(self) -> SentSegment | None:
         """The lowest record marked lost: the next to resend."""
+        if not self.maybe_lost:
+            return None
         for seg in self.segments:
             if seg.lost:
                 return seg
+        self.maybe_lost = False
         return None
 
     def forget_losses(self) -> None:
         """After a timeout everything is resent from SND.UNA anyway."""
         for seg in self.segments:
             seg.lost = False
+        self.maybe_lost = False
 
 
 def _start(seg: SentSegment) -> int:
@@ -213,6 +223,7 @@ class Rack:
             remaining = seg.xmit_time + budget - now
             if remaining <= 0:
                 seg.lost = True
+                log.maybe_lost = True
                 newly += 1
             elif wait is None or remaining > wait:
                 wait = remaining
