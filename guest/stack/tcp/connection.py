@@ -338,7 +338,10 @@ class TcpConnection:
                 self._syn_pending = False
                 out.append(self._syn_segment(now))
             if st in TRANSMITTING:
-                self._output(now, out)
+                if self._fast_path and self._idle(now):
+                    pass  # nothing to send or resend: `_output`'s outcome, found sooner
+                else:
+                    self._output(now, out)
                 if self._rack_on:
                     self._arm_probe(now)
             if self._ack_now and st is not TcpState.SYN_SENT:
@@ -1318,6 +1321,26 @@ class TcpConnection:
             self._restart_after_idle(now)
         self._send_from_snd_nxt(out, mss, pipe, now)
         self._update_persist_timer(now)
+
+    def _idle(self, now: float) -> bool:
+        """The fast path's side of `poll`: when nothing waits to be sent or resent (no queued
+        data beyond SND.NXT, no FIN still to send, no repair asked for, no recovery, nothing
+        RACK marked lost), apply what `_output` would do then (the idle restart, no persist timer,
+        a persist-forced send cancelled) and return True; else False, nothing changed."""
+        fin_seq = self._fin_seq
+        if (
+            self._rtx_head
+            or (fin_seq is not None and self.snd_nxt <= fin_seq)
+            or self.snd_nxt < self._tx_seq + len(self._tx)
+            or self._cc.in_recovery
+            or self._log.maybe_lost
+        ):
+            return False
+        self._force_send = False
+        if self.config.slow_start_after_idle:
+            self._restart_after_idle(now)
+        self._persist_deadline = None
+        return True
 
     def _burst_mss(self) -> int:
         """Payload of a full segment in this burst.
