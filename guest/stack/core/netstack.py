@@ -357,16 +357,16 @@ class NetStack:
         (check `tcp_at_eof` or the `PeerClosed` event for end of stream)."""
         sock = self._tcp(handle)
         data = sock.conn.recv(max_bytes)
-        if data:
-            self.tcp.touch(sock)  # reading may open the window: a window update may be due
+        if data and sock.conn.ack_pending:
+            self.tcp.touch(sock)  # reading opened the window: a window update is due
         return data
 
     def tcp_recv_into(self, handle: Handle, buffer: bytearray | memoryview) -> int:
         """Copy in-order bytes into `buffer`; returns the count (0 when none are ready)."""
         sock = self._tcp(handle)
         n = sock.conn.recv_into(buffer)
-        if n:
-            self.tcp.touch(sock)
+        if n and sock.conn.ack_pending:
+            self.tcp.touch(sock)  # only a window update can be due after a read
         return n
 
     def tcp_at_eof(self, handle: Handle) -> bool:

@@ -255,6 +255,8 @@ class TcpConnection:
         """Take up to `max_bytes` in-order received bytes (all when negative); b"" if none.
 
         End of stream is reported by the `TcpPeerClosed` event and `at_eof`, not by b"".
+        A read changes nothing a `poll` acts on, except that it may owe the peer a window
+        update: the one input after which the owner may skip `poll` if `ack_pending` is False.
         """
         data = self._rx.recv(max_bytes)
         if data:
@@ -378,6 +380,11 @@ class TcpConnection:
         s.ssthresh = self._cc.ssthresh
         s.snd_wnd = self.snd_wnd
         return s
+
+    @property
+    def ack_pending(self) -> bool:
+        """An ACK waits to go out at the next `poll` (after a read: a window update)."""
+        return self._ack_now
 
     @property
     def send_space(self) -> int:
