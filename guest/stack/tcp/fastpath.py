@@ -13,7 +13,8 @@ The full path stays the specification: this module is an optimisation of it and 
 disagree with it. `tests/unit/test_tcp_fastpath.py` runs seeded lossy transfers with the fast
 path shadowed by the full path on a copy of the connection, segment by segment, and requires
 the same state, segments out, events and counters; `TcpConfig.fast_path=False` (the stacks'
-`--tcp-disable fast-path`) turns it off.
+`--tcp-disable fast-path`) turns it off, and with it its sending side, `TcpConnection._idle`,
+which lets `poll` skip the output path when nothing waits to be sent (shadowed the same way).
 
 Why it pays in Python: the full path makes a dozen method calls per segment to reach the same
 few assignments (each check, then the ACK, window, RACK, PRR and text steps), and a call costs
