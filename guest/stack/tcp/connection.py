@@ -1100,17 +1100,18 @@ class TcpConnection:
                 had_gap = self._rx.has_ooo
                 delivered = self._rx.write(start - self._rcv_base, payload)
                 if delivered:
-                    self.rcv_nxt = rcv_nxt + delivered
-                    self._stats.bytes_in += delivered
-                    self._events.append(TcpDataReceived(delivered))
-                    self._ack_delivered(delivered, had_gap, psh, now)
+                    self._on_delivered(delivered, had_gap, psh, now)
         return whole
 
-    def _ack_delivered(self, delivered: int, filled_gap: bool, psh: bool, now: float) -> None:
-        """Acknowledge in-order data at once or delay the ACK (RFC 9293 section 3.8.6.3, RFC
+    def _on_delivered(self, delivered: int, filled_gap: bool, psh: bool, now: float) -> None:
+        """`delivered` more octets are in order for the application: RCV.NXT advances, the
+        event says so, and the ACK goes at once or is delayed (RFC 9293 section 3.8.6.3, RFC
         5681 section 4.2): at once when it filled a gap (the sender is recovering) or has PSH
         with `quickack_on_psh`, and for every second full-sized segment; otherwise within the
-        delayed-ACK timeout."""
+        delayed-ACK timeout. The one place both the full path and header prediction take."""
+        self.rcv_nxt += delivered
+        self._stats.bytes_in += delivered
+        self._events.append(TcpDataReceived(delivered))
         cfg = self.config
         if filled_gap or not cfg.delayed_ack or (psh and cfg.quickack_on_psh):
             self._ack_now = True

@@ -27,7 +27,6 @@ from typing import Any
 
 from guest.stack.wire.tcp import TcpFlags, TcpRepr
 
-from .events import TcpDataReceived
 from .seq import SEQ_MASK, seq_lt, unwrap
 from .state import TcpState
 
@@ -106,10 +105,6 @@ def _take_in_order(
     """`TcpConnection._take_text` for in-order text that fits the window, with no gap to fill."""
     if plen > conn._rcv_mss:
         conn._rcv_mss = min(plen, conn.config.mss)
-    rcv_nxt = conn.rcv_nxt
-    delivered = conn._rx.write(rcv_nxt - conn._rcv_base, payload)
+    delivered = conn._rx.write(conn.rcv_nxt - conn._rcv_base, payload)
     if delivered:
-        conn.rcv_nxt = rcv_nxt + delivered
-        conn._stats.bytes_in += delivered
-        conn._events.append(TcpDataReceived(delivered))
-        conn._ack_delivered(delivered, False, psh, now)
+        conn._on_delivered(delivered, False, psh, now)
