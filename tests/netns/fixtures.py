@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from guest.testing.netns import VethPair, leftovers, ns_cmd, unavailable_reason, veth_pair
+from guest.testing.netns_chain import VethChain, veth_chain
 
 __all__ = [
     "Processes",
@@ -28,6 +29,7 @@ __all__ = [
     "check",
     "final_record",
     "leftovers",
+    "netns_chain",
     "netns_pair",
     "next_event",
     "probe",
@@ -60,6 +62,15 @@ def netns_pair(mtu: int | None = None, tools: tuple[str, ...] = ()) -> Iterator[
     require_netns(*tools)
     with veth_pair(mtu) as pair:
         yield pair
+
+
+def netns_chain(tools: tuple[str, ...] = ()) -> Iterator[VethChain]:
+    """Body of a pytest fixture: skip if impossible, else a fresh A - M - B chain, whose three
+    namespaces are checked gone afterwards."""
+    require_netns(*tools)
+    with veth_chain() as chain:
+        yield chain
+    assert not {chain.ns_a, chain.ns_m, chain.ns_b} & set(leftovers())
 
 
 def start(ns: str, module: str, *args: str, cpu: int | None = None) -> subprocess.Popen[str]:

@@ -6,14 +6,13 @@ its go-back-N really repairs), request/response works, and a client with no serv
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
-from guest.testing.netns import VethPair, leftovers, unavailable_reason
-from guest.testing.netns_chain import VethChain, veth_chain
-from tests.netns.fixtures import Processes, final_record, netns_pair, wait_event
+from guest.testing.netns import VethPair
+from guest.testing.netns_chain import VethChain
+from tests.netns.fixtures import Processes, final_record, netns_chain, netns_pair, wait_event
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
@@ -28,13 +27,7 @@ def pair() -> Iterator[VethPair]:
 
 @pytest.fixture
 def chain() -> Iterator[VethChain]:
-    if (why := unavailable_reason()) is not None:
-        pytest.skip(why)
-    if shutil.which("ethtool") is None:
-        pytest.skip("`ethtool` is not installed")
-    with veth_chain() as c:
-        yield c
-    assert not {c.ns_a, c.ns_m, c.ns_b} & set(leftovers())
+    yield from netns_chain(tools=("ethtool",))
 
 
 def _stream(procs: Processes, ns_a: str, if_a: str, ns_b: str, if_b: str, port: str) -> tuple:

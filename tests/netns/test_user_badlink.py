@@ -24,7 +24,7 @@ import pytest
 
 from guest.testing.netns import leftovers, unavailable_reason
 from guest.testing.netns_chain import VethChain, offloads_off, veth_chain
-from tests.netns.fixtures import Processes, final_record, wait_event
+from tests.netns.fixtures import Processes, final_record, netns_chain, wait_event
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
@@ -47,11 +47,7 @@ IMPAIRMENT = {
 
 @pytest.fixture
 def chain() -> Iterator[VethChain]:
-    if (why := unavailable_reason()) is not None:
-        pytest.skip(why)
-    if shutil.which("ethtool") is None:
-        pytest.skip("`ethtool` is not installed")
-    with veth_chain() as c:
+    for c in netns_chain(tools=("ethtool",)):
         subprocess.run(
             ["ip", "-n", c.ns_b, "addr", "add", f"{LINUX}/24", "dev", c.if_b], check=True
         )
@@ -59,7 +55,6 @@ def chain() -> Iterator[VethChain]:
         # frame's checksum instead of verifying it; a real NIC does neither on the wire.
         offloads_off(c.ns_b, c.if_b)
         yield c
-    assert not {c.ns_a, c.ns_m, c.ns_b} & set(leftovers())
 
 
 def _stop(proc: subprocess.Popen[str]) -> dict[str, Any]:
