@@ -252,9 +252,7 @@ class FloorConnection:
             if seq > self.rcv_nxt:
                 if seq < self.rcv_nxt + WINDOW:
                     self._ahead[seq] = (kind, bytes(payload))
-                if self._nak_for != self.rcv_nxt:
-                    self._nak_for = self.rcv_nxt  # one NAK per gap
-                    self._transmit(self.frame(NAK, self.snd_nxt))
+                self._nak_gap()
             else:
                 self._owed += 1  # a resend we have: our ACK may have been lost
             return
@@ -263,9 +261,15 @@ class FloorConnection:
         if ahead:
             while self.rcv_nxt in ahead:
                 self._deliver(*ahead.pop(self.rcv_nxt))
-            if ahead and self._nak_for != self.rcv_nxt:
-                self._nak_for = self.rcv_nxt  # the next gap, known already
-                self._transmit(self.frame(NAK, self.snd_nxt))
+            if ahead:
+                self._nak_gap()  # the next gap, known already
+
+    def _nak_gap(self) -> None:
+        """Ask for the frame missing at RCV.NXT, once per gap: the frames behind it are on
+        their way, and each would otherwise ask again."""
+        if self._nak_for != self.rcv_nxt:
+            self._nak_for = self.rcv_nxt
+            self._transmit(self.frame(NAK, self.snd_nxt))
 
     def _deliver(self, kind: int, payload: bytes | memoryview) -> None:
         self.rcv_nxt += 1
