@@ -29,9 +29,9 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from guest.stack.core.tcp_output import MAX_TSO_SIZE, TsoFrame
-from guest.stack.device import vnet
 from guest.stack.device.base import Device
 from guest.stack.offloads import Offloads
+from guest.stack.wire import vnet
 
 _L2: Final = 14
 _IPV4: Final = b"\x08\x00"

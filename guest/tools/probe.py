@@ -30,7 +30,7 @@ from guest.stack.device import abi
 from guest.stack.device.base import Device
 from guest.stack.device.packet import PacketDevice
 from guest.stack.device.ring import RingDevice, RingGeometry
-from guest.stack.device.vnet import PLAIN_BYTES
+from guest.stack.wire.vnet import PLAIN_BYTES
 
 SEQ_AT = abi.ETH_HLEN
 _PATTERN_LEN = 1 << 16

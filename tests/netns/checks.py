@@ -26,12 +26,12 @@ from guest.stack.device.base import Device
 from guest.stack.device.packet import PacketDevice
 from guest.stack.device.ring import RingDevice, RingGeometry
 from guest.stack.device.setup import read_features, take_over
-from guest.stack.device.vnet import VnetHdr, partial_csum_seed, tcp4_tso
 from guest.stack.wire.addr import ipv4
 from guest.stack.wire.ethernet import ETHERTYPE_IPV4, EthernetFrame, EthernetRepr
 from guest.stack.wire.frame import emit_tcp_frame, tcp_payload_offset
 from guest.stack.wire.ipv4 import Ipv4Packet, Ipv4Repr
 from guest.stack.wire.tcp import TcpFlags, TcpPacket, TcpRepr
+from guest.stack.wire.vnet import VnetHdr, partial_csum_seed, tcp4_tso
 
 SRC_IP = ipv4("198.18.0.1")
 DST_IP = ipv4("198.18.0.2")

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from guest.stack.device.vnet import F_NEEDS_CSUM, GSO_TCPV4, partial_csum_seed
 from guest.stack.wire.addr import ipv4
+from guest.stack.wire.vnet import F_NEEDS_CSUM, GSO_TCPV4, partial_csum_seed
 from tests.netns.fixtures import VethPair, check, netns_pair, result, wait_ready
 
 pytestmark = pytest.mark.netns

@@ -10,10 +10,10 @@ from collections.abc import Iterable, Sequence
 import pytest
 
 from guest.stack.core import NetStack, TsoFrame
-from guest.stack.device import vnet
 from guest.stack.device.base import DeviceStats
 from guest.stack.nic import Nic
 from guest.stack.offloads import Offloads
+from guest.stack.wire import vnet
 from guest.testing.stack_sim import IP_B, MAC_A, MAC_B, StreamApp, make_network
 
 

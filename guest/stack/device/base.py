@@ -25,7 +25,7 @@ buffer or NIC queue full), frames stay queued, `tx_pending` says how many, and t
 device takes, or refused by the kernel as malformed) raises `ValueError`.
 
 With `vnet_hdr_len == 10` every received frame starts with a `virtio_net_hdr` and every frame
-sent must start with one (see `vnet.py`); otherwise frames are plain Ethernet frames without
+sent must start with one (see `wire/vnet.py`); otherwise frames are plain Ethernet frames without
 FCS.
 """
 

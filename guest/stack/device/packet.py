@@ -21,9 +21,9 @@ import contextlib
 import socket
 from collections.abc import Iterable, Sequence
 
+from ..wire.vnet import HEADER_LEN as VNET_HEADER_LEN
 from . import abi
 from .base import DeviceStats, Frame, send_each
-from .vnet import HEADER_LEN as VNET_HEADER_LEN
 
 #: Receive buffer for frames carrying a virtio_net_hdr: GRO may hand up 64 KiB segments.
 GRO_MAX_FRAME = 65536 + abi.ETH_HLEN + abi.VLAN_HLEN

@@ -31,7 +31,7 @@ we read status, then data, and x86-64 (the guests) never reorders loads with oth
 this holds without the barrier C code needs on weaker CPUs. On TX order does not matter at
 all: the kernel reads TX slots only inside our own send() call.
 
-vnet_hdr (PACKET_VNET_HDR, see vnet.py) works with both rings and both versions on 6.1 (read
+vnet_hdr (PACKET_VNET_HDR, see wire/vnet.py) works with both rings and both versions on 6.1 (read
 in its af_packet.c, and exercised by the tests): tpacket_snd parses the header in front of
 the frame in a TX slot, tpacket_rcv writes it just before the frame (at tp_mac - 10), and we
 hand it out as the frame's first 10 bytes. Only SOCK_RAW sockets may have it, which is all
@@ -52,9 +52,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..wire.vnet import HEADER_LEN as VNET_HEADER_LEN
 from . import abi
 from .base import DeviceStats, Frame, send_each
-from .vnet import HEADER_LEN as VNET_HEADER_LEN
 
 _U32 = struct.Struct("=I")
 _unpack_u32 = _U32.unpack_from

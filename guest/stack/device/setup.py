@@ -11,7 +11,7 @@ So `take_over()`:
 * brings the link up;
 * sets the offloads on purpose with `ethtool -K`: all off for a stack that reads plain
   frames (GRO would hand it frames larger than the MTU, which it cannot take), or TSO, GSO,
-  GRO and checksum offload on together for one that speaks PACKET_VNET_HDR (vnet.py).
+  GRO and checksum offload on together for one that speaks PACKET_VNET_HDR (wire/vnet.py).
 
 The returned `TakeOver` remembers what it changed and `restore()` puts it back: offloads,
 sysctls, IPv4 addresses, the routes through the interface that were not the kernel's own, and

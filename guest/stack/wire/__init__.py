@@ -10,7 +10,8 @@ Laid out after smoltcp's `wire` module. Each protocol module has
 
 Conventions: IPv4 addresses are ints, MACs are 6-byte `bytes` (see `addr.py`); all parsers
 accept `bytes`, `bytearray` and `memoryview`; payloads are returned as `memoryview` slices of
-the input. `frame.py` assembles whole frames in place; `ipv4_frag.py` reassembles fragments.
+the input. `frame.py` assembles whole frames in place; `ipv4_frag.py` reassembles fragments;
+`vnet.py` is the virtio_net_hdr a packet socket with PACKET_VNET_HDR puts in front of frames.
 """
 
 from .errors import WireError

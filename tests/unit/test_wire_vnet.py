@@ -9,8 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guest.stack.device import vnet
-from guest.stack.device.vnet import (
+from guest.stack.wire import vnet
+from guest.stack.wire.addr import ipv4
+from guest.stack.wire.checksum import ones_sum
+from guest.stack.wire.tcp import TcpFlags, TcpPacket, TcpRepr
+from guest.stack.wire.vnet import (
     F_DATA_VALID,
     F_NEEDS_CSUM,
     GSO_ECN,
@@ -24,9 +27,6 @@ from guest.stack.device.vnet import (
     partial_csum_seed,
     tcp4_tso,
 )
-from guest.stack.wire.addr import ipv4
-from guest.stack.wire.checksum import ones_sum
-from guest.stack.wire.tcp import TcpFlags, TcpPacket, TcpRepr
 
 PROPS = settings(max_examples=300, deadline=None)
 u16 = st.integers(0, 0xFFFF)

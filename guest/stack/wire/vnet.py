@@ -32,8 +32,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from ..wire._buf import BytesLike
-from ..wire.checksum import fold, pseudo_header_sum
+from ._buf import BytesLike
+from .checksum import fold, pseudo_header_sum
 
 HEADER_LEN: Final = 10
 
