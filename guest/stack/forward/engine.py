@@ -46,6 +46,20 @@ fragment, or anything broadcast, multicast or martian (those never get this far)
 `icmp_rate` per second in bursts of `icmp_burst` (a token bucket on the caller's time, Linux's
 icmp_msgs_per_sec/icmp_msgs_burst defaults).
 
+With offloads (`handle_vnet`, for a packet socket with PACKET_VNET_HDR), every frame in and out
+starts with the 10-byte virtio_net_hdr (`wire.vnet`): GRO hands up TCP super-frames of up to
+64 KiB, and a super-frame forwarded in place keeps its header, so the egress NIC (TSO) or the
+kernel (GSO) cuts it into the same segments again. That is what Linux's own forwarding does
+with GRO on: one pass through the engine per super-frame instead of one per wire frame. Its
+MTU check is the kernel's for GSO packets (`skb_gso_validate_network_len`): each *segment*
+(IP and TCP headers plus `gso_size`) must fit the egress MTU; one that does not is answered
+with fragmentation-needed when DF is set, and dropped as `gso_too_big` otherwise (the kernel
+would segment and then fragment it; no TCP sender clears DF, so that slow path stays out). A
+super-frame that is not IPv4/TCP with its checksum left partial, as GRO makes them, is dropped
+as `bad_gso`. A plain frame whose TCP/UDP checksum was left partial (NEEDS_CSUM: a local sender
+over a veth) gets it completed here, so that fragmenting or quoting it stays correct. Frames
+the engine builds (ARP, ICMP errors, fragments) go out with the all-zero header.
+
 Next hops are resolved by one `GuardedArp` per interface (see `neighbors.py` for the spoofing
 policy): a frame for an unresolved next hop waits in a queue of at most `queue_limit` frames
 per next hop, `max_neighbors` next hops under resolution per interface, for at most
@@ -85,8 +99,19 @@ from guest.stack.wire.ipv4 import (
     MAX_PACKET_LEN,
     MIN_HEADER_LEN,
     PROTO_ICMP,
+    PROTO_TCP,
     Ipv4Repr,
 )
+from guest.stack.wire.vnet import (
+    F_NEEDS_CSUM,
+    GSO_ECN,
+    GSO_NONE,
+    GSO_TCPV4,
+    PLAIN_BYTES,
+    TCP_CSUM_OFFSET,
+    UDP_CSUM_OFFSET,
+)
+from guest.stack.wire.vnet import HEADER_LEN as VNET_LEN
 
 from .neighbors import GuardedArp
 from .routes import NextHop, Route, RoutingTable
@@ -106,6 +131,10 @@ _PAYLOAD_AT = ETH_LEN + MIN_HEADER_LEN
 # ver_ihl, tos, total_len, ident, flags_frag, ttl, proto, checksum, src, dst
 _IP_HEADER = struct.Struct("!BBHHHBBHII")
 _U16 = struct.Struct("!H")
+#: virtio_net_hdr in the host's order: flags, gso_type, hdr_len, gso_size, csum_start/offset.
+_VNET = struct.Struct("=BBHHHH")
+#: Largest frame a super-frame may be: a 64 KiB IPv4 datagram behind its Ethernet header.
+_GSO_MAX_FRAME = ETH_LEN + MAX_PACKET_LEN
 _FLAG_RESERVED = 0x8000
 #: First octets that are never a unicast host: "this network", loopback, class E (and 255).
 _MARTIAN_FIRST: Final = frozenset({0, 127, *range(240, 256)})
@@ -154,6 +183,11 @@ _FIELDS: tuple[str, ...] = (
     "no_route",
     "ttl_expired",
     "frag_needed",  # DF and larger than the egress MTU
+    "gso_forwarded",  # of `forwarded`: super-frames (handle_vnet), each cut again on egress
+    "gso_segments",  # ... the wire segments they carry
+    "bad_gso",  # a super-frame that is not IPv4/TCP with a partial checksum
+    "gso_too_big",  # a super-frame whose segments exceed the egress MTU, DF not set
+    "csum_completed",  # plain frames whose partial TCP/UDP checksum was completed here
     "bad_arp",  # malformed or unsupported ARP
     "icmp_time_exceeded_out",
     "icmp_unreachable_out",  # frag-needed ones included
@@ -242,6 +276,9 @@ class Forwarder:
         self._ttl = ttl
         self._ident = 0
         self._poll_at = float("inf")
+        #: The frame `handle_vnet` is working on, header first (None in `handle`): a frame held
+        #: for ARP keeps that virtio_net_hdr, so a super-frame is still one when released.
+        self._rx_vnet: memoryview | None = None
         self.counters = ForwardCounters()
 
     # -- configuration --------------------------------------------------------------------------
@@ -292,14 +329,93 @@ class Forwarder:
                 return out
             self._forward(port, frame, n, now, out)
         elif ethertype == ETHERTYPE_ARP:
-            try:
-                port.arp.receive(memoryview(frame)[ETH_LEN:], now, port.scratch)
-            except WireError:
-                c.bad_arp += 1
-            self._drain(port, out)
+            self._arp(port, frame, now, out)
         else:
             c.other_ethertype += 1
         return out
+
+    def handle_vnet(self, iface: str, frame: bytearray | memoryview | bytes, now: float) -> Output:
+        """`handle` for frames that start with a virtio_net_hdr, as a packet socket with
+        PACKET_VNET_HDR gives them; every frame returned starts with one too (see the module
+        docstring: super-frames, partial checksums)."""
+        port = self._ports.get(iface)
+        if port is None:
+            raise ValueError(f"unknown interface {iface!r}")
+        c = self.counters
+        c.frames_in += 1
+        out: Output = self.poll(now) if now >= self._poll_at else []
+        n = len(frame) - VNET_LEN
+        if n < ETH_LEN:
+            c.bad_frame += 1
+            return self._framed(out, None)
+        if type(frame) is bytes:
+            frame = bytearray(frame)
+        flags, gso_type, _, gso, csum_start, csum_offset = _VNET.unpack_from(frame, 0)
+        if gso_type != GSO_NONE:
+            if (
+                gso_type & ~GSO_ECN != GSO_TCPV4
+                or not flags & F_NEEDS_CSUM
+                or not gso
+                or csum_start != _PAYLOAD_AT  # GRO's: TCP right after a 20-byte IPv4 header
+                or csum_offset != TCP_CSUM_OFFSET
+            ):
+                c.bad_gso += 1
+                return self._framed(out, None)
+            limit = _GSO_MAX_FRAME
+        else:
+            gso = 0
+            limit = port.max_frame
+        if n > limit:
+            c.oversized += 1
+            return self._framed(out, None)
+        whole = memoryview(frame)
+        body = whole[VNET_LEN:]
+        ethertype = body[12] << 8 | body[13]
+        if ethertype == ETHERTYPE_IPV4:
+            if body[0:6] != port.mac:
+                if body[0] & 1:
+                    c.broadcast_dropped += 1
+                else:
+                    c.not_for_us += 1
+                return self._framed(out, None)
+            if flags & F_NEEDS_CSUM and not gso:
+                if not _complete_csum(body, n, csum_start, csum_offset):
+                    c.bad_header += 1
+                    return self._framed(out, None)
+                c.csum_completed += 1
+                frame[0] = flags & ~F_NEEDS_CSUM
+            self._rx_vnet = whole
+            try:
+                self._forward(port, body, n, now, out, gso)
+            finally:
+                self._rx_vnet = None
+        elif ethertype == ETHERTYPE_ARP:
+            self._arp(port, body, now, out)
+        else:
+            c.other_ethertype += 1
+        return self._framed(out, whole)
+
+    @staticmethod
+    def _framed(out: Output, whole: memoryview | None) -> Output:
+        """`handle_vnet`'s output, each frame behind its virtio_net_hdr: the received frame
+        (`whole`) rewritten in place keeps its own; a received frame held for ARP was held
+        with it (`_transmit`); a frame the engine built gets the all-zero one."""
+        rx = None if whole is None else whole.obj
+        framed: Output = []
+        for egress, f in out:
+            if type(f) is memoryview:
+                f = whole[: VNET_LEN + len(f)] if f.obj is rx else memoryview(f.obj)  # type: ignore[index]
+            else:
+                f = bytearray(PLAIN_BYTES) + f
+            framed.append((egress, f))
+        return framed
+
+    def _arp(self, port: _Port, frame: bytearray | memoryview, now: float, out: Output) -> None:
+        try:
+            port.arp.receive(memoryview(frame)[ETH_LEN:], now, port.scratch)
+        except WireError:
+            self.counters.bad_arp += 1
+        self._drain(port, out)
 
     def poll(self, now: float) -> Output:
         """ARP retransmissions due at `now`; gives up (and drops) what waited too long."""
@@ -314,11 +430,18 @@ class Forwarder:
         self._poll_at = due
         return out
 
+    def poll_vnet(self, now: float) -> Output:
+        """`poll` for a forwarder driven by `handle_vnet`: its frames behind a virtio_net_hdr."""
+        return self._framed(self.poll(now), None)
+
     def next_timeout(self) -> float | None:
         """When `poll` must run next, or None when nothing waits."""
         return None if self._poll_at == float("inf") else self._poll_at
 
-    def _forward(self, port: _Port, frame: bytearray | memoryview, n: int, now: float, out: Output):
+    def _forward(
+        self, port: _Port, frame: bytearray | memoryview, n: int, now: float, out: Output, gso=0
+    ) -> None:
+        """Route one IPv4 frame; `gso` is a super-frame's segment payload size (0: a frame)."""
         c = self.counters
         if n < _PAYLOAD_AT:
             c.bad_header += 1
@@ -366,7 +489,21 @@ class Forwarder:
             self._icmp_error(port, frame, TYPE_TIME_EXCEEDED, 0, 0, now, out)
             return
         egress = self._ports[hop.iface]
-        too_big = total_len > egress.mtu
+        if gso:
+            if proto != PROTO_TCP or flags_frag & (FLAG_MF | FRAG_OFFSET_MASK):
+                c.bad_gso += 1
+                return
+            # The kernel's skb_gso_validate_network_len: each segment must fit, not the whole.
+            tcp_len = (frame[_PAYLOAD_AT + 12] >> 4) << 2 if n >= _PAYLOAD_AT + 13 else 0
+            if tcp_len < 20 or MIN_HEADER_LEN + tcp_len > total_len:
+                c.bad_gso += 1
+                return
+            too_big = MIN_HEADER_LEN + tcp_len + gso > egress.mtu
+            if too_big and not flags_frag & FLAG_DF:
+                c.gso_too_big += 1
+                return
+        else:
+            too_big = total_len > egress.mtu
         if too_big and flags_frag & FLAG_DF:
             c.frag_needed += 1
             self._icmp_error(
@@ -382,6 +519,9 @@ class Forwarder:
             frame = _trim(frame, end)
         c.forwarded += 1
         c.bytes_forwarded += total_len
+        if gso:
+            c.gso_forwarded += 1
+            c.gso_segments += -(-(total_len - MIN_HEADER_LEN - tcp_len) // gso)
         next_hop = dst if hop.gateway is None else hop.gateway
         if not too_big:
             self._transmit(egress, next_hop, frame, now, out)
@@ -404,9 +544,16 @@ class Forwarder:
                 self._drain(egress, out)
             out.append((egress.name, frame))
             return
-        # The caller may reuse its buffer once `handle` returns: keep a copy.
-        held = bytearray(frame) if type(frame) is not bytearray else frame
-        arp.queue(next_hop, held, now, egress.scratch)
+        # The caller may reuse its buffer once `handle` returns: keep a copy (a received one
+        # with its virtio_net_hdr in front, which `_framed` finds again through the view).
+        held: bytearray | memoryview = frame  # type: ignore[assignment]
+        if type(frame) is not bytearray:
+            vnet = self._rx_vnet
+            if vnet is None:
+                held = bytearray(frame)
+            else:
+                held = memoryview(bytearray(vnet[:VNET_LEN]) + frame)[VNET_LEN:]
+        arp.queue(next_hop, held, now, egress.scratch)  # type: ignore[arg-type]
         self._drain(egress, out)
         due = arp.next_timeout()
         if due is not None and due < self._poll_at:
@@ -501,6 +648,21 @@ class Forwarder:
     def pending(self, iface: str) -> dict[int, int]:
         """Next hops of `iface` under resolution -> frames waiting for them."""
         return self._ports[iface].arp.pending_hops()
+
+
+def _complete_csum(frame: memoryview, n: int, start: int, offset: int) -> bool:
+    """Fill in a partial TCP/UDP checksum (NEEDS_CSUM: the field holds the pseudo-header
+    seed, so the sum over the L4 bytes as they are is the whole sum). False if the offsets
+    do not lie inside the datagram."""
+    end = ETH_LEN + (_U16.unpack_from(frame, _IP_AT + 2)[0] if n >= _PAYLOAD_AT else 0)
+    at = start + offset
+    if start < _PAYLOAD_AT or end > n or at + 2 > end:
+        return False
+    value = checksum(frame[start:end])
+    if value == 0 and offset == UDP_CSUM_OFFSET:
+        value = 0xFFFF  # RFC 768: a computed zero is sent as all ones
+    _U16.pack_into(frame, at, value)
+    return True
 
 
 def _trim(frame: bytearray | memoryview, end: int) -> bytearray | memoryview:
