@@ -11,6 +11,7 @@ from A counted, the extension alive.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -41,14 +42,29 @@ def _ip(ns: str, *args: str) -> None:
 def chain() -> Iterator[VethChain]:
     """The chain with addresses and routes; M's kernel holds the middle's addresses too (so
     that the control shows the kernel, forwarding off, does not forward) until the extension
-    takes the NICs over (and gives them back afterwards)."""
+    takes the NICs over (and gives them back afterwards). Frames are MTU-sized at the ends."""
+    with _chain(ends_offload=False) as c:
+        yield c
+
+
+@pytest.fixture
+def offload_chain() -> Iterator[VethChain]:
+    """The chain with the ends' offloads left on: A's TCP hands its veth 64 KiB super-frames
+    (TSO), which a veth carries whole, as GRO makes them on a real NIC."""
+    with _chain(ends_offload=True) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def _chain(ends_offload: bool) -> Iterator[VethChain]:
     require_netns("ethtool")
     for why in (sandbox.supported(), uring.supported()):
         if why is not None:
             pytest.skip(why)
     with veth_chain() as c:
-        offloads_off(c.ns_a, c.if_a)  # frames on the wire MTU-sized at the ends too
-        offloads_off(c.ns_b, c.if_b)
+        if not ends_offload:
+            offloads_off(c.ns_a, c.if_a)  # frames on the wire MTU-sized at the ends too
+            offloads_off(c.ns_b, c.if_b)
         _ip(c.ns_a, "addr", "add", f"{A}/24", "dev", c.if_a)
         _ip(c.ns_b, "addr", "add", f"{B}/24", "dev", c.if_b)
         _ip(c.ns_a, "route", "add", f"{NET_B}.0/24", "via", MA)
@@ -166,6 +182,30 @@ def test_streams_both_ways_and_request_response(chain: VethChain) -> None:
     per = stats["per_frame"]
     assert per["syscalls_per_frame"] < 1, per  # batched: fewer syscalls than frames
     assert per["engine_copies_per_frame"] < 0.01, per  # the in-place path
+
+
+def test_with_offloads_super_frames_cross_whole_and_byte_exact(offload_chain: VethChain) -> None:
+    """`--offloads`: A's 64 KiB super-frames go through the engine whole (one pass each) and
+    leave for B as super-frames again; both streams byte-exact. The control is the test above:
+    without offloads every wire frame is a pass of its own."""
+    c = offload_chain
+    ext = Extension(c, "--offloads")
+    try:
+        assert ext.ready["offloads"] is True, ext.ready
+        there = _stream(c.ns_a, c.ns_b, B, 7311)
+        back = _stream(c.ns_b, c.ns_a, A, 7312)
+        print(f"extension --offloads: A->B {there['mbit_per_s']:.0f} Mbit/s, "
+              f"B->A {back['mbit_per_s']:.0f} Mbit/s")  # fmt: skip
+        assert _echo(c.ns_a, B, count=2)[0] is not None  # plain frames still pass
+    finally:
+        stats = ext.close()
+    fwd = stats["extension"]
+    print("offloads", {k: fwd[k] for k in ("forwarded", "gso_forwarded", "gso_segments")})
+    assert fwd["gso_forwarded"] > 0, fwd
+    # Far fewer passes than wire segments: 8 MB would be over 5,000 MTU-sized frames.
+    assert fwd["gso_segments"] > 4 * fwd["gso_forwarded"], fwd
+    assert fwd["forwarded"] < 2 * NBYTES // 1500, fwd
+    assert fwd["bad_gso"] == fwd["gso_too_big"] == fwd["oversized"] == 0, fwd
 
 
 def test_killed_mid_stream_it_is_restarted_and_the_stream_completes(chain: VethChain) -> None:

@@ -9,6 +9,9 @@ slots; what it returns is written into the egress NIC's TX ring, and one io_urin
 per egress per batch makes the kernel transmit the lot. No system call per frame: `poll` once
 per wakeup, `io_uring_enter` once per transmitted batch (`clock_gettime` is the vDSO's).
 
+With `vnet` (the supervisor's `--offloads`), the rings carry a virtio_net_hdr in front of
+every frame and the engine's `handle_vnet` takes them: GRO's super-frames go through whole.
+
 Copies: a frame forwarded in place is copied once, from its RX slot into a TX slot (PACKET_MMAP
 keeps the two rings apart); the engine itself copies nothing on that path. Frames the engine
 builds (ARP, ICMP errors, fragments) or holds for ARP are its own buffers, counted apart.
@@ -80,8 +83,11 @@ class ExtensionLoop:
         devices: dict[str, RingDevice],
         report: Callable[[dict], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        vnet: bool = False,
     ) -> None:
         self.fwd = forwarder
+        self._handle = forwarder.handle_vnet if vnet else forwarder.handle
+        self._poll = forwarder.poll_vnet if vnet else forwarder.poll
         self.devices = devices
         self.stats = LoopStats()
         self._report = report
@@ -116,7 +122,7 @@ class ExtensionLoop:
             now = clock()
             due = self.fwd.next_timeout()
             if due is not None and due <= now:
-                self._send(self.fwd.poll(now))
+                self._send(self._poll(now))
                 due = self.fwd.next_timeout()
             waiting = False
             for dev in self.devices.values():
@@ -135,7 +141,7 @@ class ExtensionLoop:
     def _drain(self, name: str, dev: RingDevice) -> None:
         """Every ready RX slot of `dev`, a batch at a time; the last (empty) read gives the
         slots back to the kernel, so the socket does not poll readable on them again."""
-        handle = self.fwd.handle
+        handle = self._handle
         clock = self._clock
         st = self.stats
         while True:

@@ -7,7 +7,8 @@ user level by a confined extension (the paper's design, `shared/REFERENCE.md`, B
 
 1. **keeps the kernel out of the way** on both NICs: `device.setup.take_over` (no IPv4
    addresses, so no local delivery and no connected routes; `arp_ignore=8`, so the kernel
-   answers no ARP; IPv6 off; offloads off, so frames are MTU-sized), then
+   answers no ARP; IPv6 off; offloads off, so frames are MTU-sized, or with `--offloads`
+   GRO, TSO and checksum offload on, as kernel forwarding has them), then
    `net.ipv4.conf.IF.forwarding=0`, so a kernel with `ip_forward` on still forwards nothing
    that arrives there (and sends no ICMP about it), and, when `tc` is there, a `clsact`
    ingress filter that drops every frame after the packet taps, so the kernel's IP and ARP
@@ -17,8 +18,10 @@ user level by a confined extension (the paper's design, `shared/REFERENCE.md`, B
    Promiscuous mode is not needed: the extension uses the NICs' own MACs, and a NIC delivers
    frames to its MAC and broadcasts.
 2. per NIC, opens a packet socket with PACKET_MMAP RX and TX rings (TPACKET_V2: a frame is
-   visible as soon as it is written), an epoll fd that reports it readable, and a send-only
-   io_uring over it (the factored stack's `SharedNic` and `SendRing`), maps the rings;
+   visible as soon as it is written; with `--offloads`, PACKET_VNET_HDR too, so that a GRO
+   super-frame arrives whole and leaves as one for TSO to cut again), an epoll fd that
+   reports it readable, and a send-only io_uring over it (the factored stack's `SharedNic`
+   and `SendRing`), maps the rings;
 3. forks the **extension** (`fork_domain`), which keeps the mappings, the epoll fds and the
    io_urings and no socket, builds the `Forwarder` and its loop (`pump.ExtensionLoop`),
    then drops to its own uid with no capabilities, sets no_new_privs and loads its seccomp
@@ -73,9 +76,9 @@ ROLE = "extension"
 class Nic:
     """One NIC's rings for one incarnation of the extension (made as root, before the fork)."""
 
-    def __init__(self, iface: str) -> None:
+    def __init__(self, iface: str, vnet_hdr: bool) -> None:
         self.iface = iface
-        self.shared = SharedNic(iface, 2, False)
+        self.shared = SharedNic(iface, 2, vnet_hdr)
         try:
             self.ring = SendRing(self.shared.sock.fileno())
         except BaseException:
@@ -130,7 +133,7 @@ class Supervisor:
     # -- the kernel out of the way ---------------------------------------------------------------
 
     def _quiet_kernel(self, iface: str) -> str:
-        self.takeovers.append(take_over(iface, False))
+        self.takeovers.append(take_over(iface, self.args.offloads))
         path = f"net/ipv4/conf/{iface}/forwarding"
         self.sysctls[path] = _sysctl(path, "0")
         if shutil.which("tc") is None:
@@ -177,12 +180,13 @@ class Supervisor:
             "addr": dict(args.addr),
             "routes": [" ".join(r) for r in args.route],
             "kernel_ingress": ingress,
+            "offloads": args.offloads,
             "extension": self.ready,
         }
 
     def _spawn(self) -> None:
         """New rings, a new extension on them; waits for its ready line."""
-        self.nics = [Nic(iface) for iface in self.args.iface]
+        self.nics = [Nic(iface, self.args.offloads) for iface in self.args.iface]
         views = [nic.shared.map_rings() for nic in self.nics]
         queues = [nic.ring.map_queues() for nic in self.nics]
         keep = [fd for nic in self.nics for fd in nic.keep()]
@@ -318,7 +322,9 @@ def _extension_body(
             )
         routes = [Route.from_text(subnet, via=gw) for subnet, _, gw in args.route]
         forwarder = Forwarder(interfaces, routes)
-        loop = ExtensionLoop(forwarder, devices, lambda c: report(status, "stats", stats=c))
+        loop = ExtensionLoop(
+            forwarder, devices, lambda c: report(status, "stats", stats=c), vnet=args.offloads
+        )
         signal.signal(signal.SIGTERM, loop.stop)
         if args.attackable:
             first = devices[nics[0].iface]
@@ -364,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar=("SUBNET", "via", "GATEWAY"),
         help="a static route beyond the connected subnets ('default' for 0.0.0.0/0)",
+    )
+    ap.add_argument(
+        "--offloads",
+        action="store_true",
+        help="GRO, TSO and checksum offload on the NICs, frames with a virtio_net_hdr: one "
+        "pass through the engine per GRO super-frame (as kernel forwarding does)",
     )
     ap.add_argument(
         "--uid", type=int, default=EXTENSION_UID, help=f"(and gid; default {EXTENSION_UID})"
