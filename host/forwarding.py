@@ -16,7 +16,8 @@ for its runs, one entry of `FORWARD_MODES`:
   at its defaults: the established proxy, as a reference row.
 * `extension`: the confined forwarding extension on every middle, moving frames between
   its NICs' rings (host/user_forwarders.py); the client connects to the server, as with
-  `kernel`.
+  `kernel`. `extension-offload`: the same with GRO, TSO and checksum offload on the middles'
+  NICs, as kernel forwarding has them: GRO's super-frames cross the engine whole.
 * `stack-proxy-mono`, `stack-proxy-factored`: a TCP relay on our own user-level stack on both
   NICs of every middle (host/user_forwarders.py), reached as the kernel-socket proxies are.
 
@@ -247,6 +248,11 @@ FORWARD_MODES: dict[str, ForwardMode] = {
             "extension",
             "a confined user-level extension forwarding IPv4 frames between the NICs' rings",
             ExtensionForwarder,
+        ),
+        ForwardMode(
+            "extension-offload",
+            "the extension with GRO and TSO on the NICs: super-frames through the engine",
+            lambda transit: ExtensionForwarder(transit, offloads=True),
         ),
         _relay(
             "stack-proxy-mono",

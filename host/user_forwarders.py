@@ -46,6 +46,8 @@ ENGINE_DROPS = (
     "no_route",
     "ttl_expired",
     "frag_needed",
+    "bad_gso",
+    "gso_too_big",
     "queue_drops",
     "tx_ring_full",
 )
@@ -71,13 +73,14 @@ def extension_routes(transit: Transit, index: int) -> list[tuple[str, str]]:
     return towards_client + towards_server
 
 
-def extension_command(transit: Transit, index: int) -> str:
+def extension_command(transit: Transit, index: int, offloads: bool = False) -> str:
     middle = transit.middles[index]
     up, down = _nic(middle, "upstream"), _nic(middle, "downstream")
     args = [
         f"--iface {up} --iface {down}",
         f"--addr {up}={middle.upstream.cidr} --addr {down}={middle.downstream.cidr}",
         *(f"--route {net} via {gw}" for net, gw in extension_routes(transit, index)),
+        *(["--offloads"] if offloads else []),
     ]
     return daemon_command("extension", transit.port, "guest.stack.extension " + " ".join(args))
 
@@ -100,6 +103,11 @@ def extension_figures(base: dict, stopped: dict) -> dict:
         "forwarded_packets_per_s": per_second(frames, seconds),
         "relayed_bytes": nbytes,
         "relayed_bytes_per_s": per_second(nbytes, seconds),
+        # With offloads a forwarded packet may be a GRO super-frame: these are the segments.
+        "super_frames": ext.get("gso_forwarded", 0),
+        "wire_segments_per_s": per_second(
+            frames - ext.get("gso_forwarded", 0) + ext.get("gso_segments", 0), seconds
+        ),
         "drops": sum(ext.get(k, 0) for k in ENGINE_DROPS) + ring_drops,
         "ring_drops": ring_drops,
         "syscalls": syscalls,
@@ -114,12 +122,17 @@ def extension_figures(base: dict, stopped: dict) -> dict:
 
 
 class ExtensionForwarder(DaemonForwarder):
-    """The forwarding extension on every middle (see the module's docstring)."""
+    """The forwarding extension on every middle (see the module's docstring); with
+    `offloads`, GRO and TSO on the middles' NICs and super-frames through the engine."""
 
     name = "extension"
 
+    def __init__(self, transit: Transit, offloads: bool = False) -> None:
+        super().__init__(transit)
+        self.offloads = offloads
+
     def command(self, middle: Middle, index: int) -> str:
-        return extension_command(self.transit, index)
+        return extension_command(self.transit, index, self.offloads)
 
     def figures(self, middle: Middle, base: dict, stopped: dict, result: CommandResult) -> dict:
         return extension_figures(base, stopped)

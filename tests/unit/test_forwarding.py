@@ -43,6 +43,7 @@ def test_the_registry_names_the_lab_files_choices_kernel_first() -> None:
         "splice-proxy",
         "haproxy",
         "extension",
+        "extension-offload",
         "stack-proxy-mono",
         "stack-proxy-factored",
     ]
@@ -54,11 +55,12 @@ def test_the_registry_names_the_lab_files_choices_kernel_first() -> None:
 
 
 def test_proxies_terminate_and_carry_tcp_only() -> None:
-    kernel, extension = FORWARD_MODES["kernel"], FORWARD_MODES["extension"]
+    kernel = FORWARD_MODES["kernel"]
     assert not kernel.terminates and not kernel.needs_middle
     # The extension forwards IP datagrams, whatever they carry, and terminates nothing.
-    assert not extension.terminates and extension.needs_middle
-    assert all(extension.refuses(kind) is None for kind in EXPERIMENT_TYPES.values())
+    for extension in (FORWARD_MODES["extension"], FORWARD_MODES["extension-offload"]):
+        assert not extension.terminates and extension.needs_middle
+        assert all(extension.refuses(kind) is None for kind in EXPERIMENT_TYPES.values())
     proxies = [m for m in FORWARD_MODES.values() if "proxy" in m.name]
     assert len(proxies) == 5  # socket, splice, haproxy and the two on our stack
     for mode in proxies:

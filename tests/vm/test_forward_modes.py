@@ -1,8 +1,9 @@
 """A real chain a - m - b with each forwarding mode on m: the stream from a to b byte-exact
 through the socket and the splice proxy and through the stack proxy (mono and factored), each
 proxy's relayed bytes equal to the stream's; through the forwarding extension, with m's kernel
-forwarding nothing and ping passing too; through Debian's haproxy; and iperf3 (a control and a
-data connection) through the socket proxy as the bench runs it."""
+forwarding nothing and ping passing too, and with m's NICs' offloads on, as super-frames;
+through Debian's haproxy; and iperf3 (a control and a data connection) through the socket
+proxy as the bench runs it."""
 
 from __future__ import annotations
 
@@ -130,6 +131,27 @@ def test_stream_and_ping_through_the_extension_with_ms_kernel_out_of_the_way(cha
     m_guest = chain.guest("m")
     addrs = m_guest.run("ip -4 -br addr", timeout=30).stdout
     assert str(chain.config.link("a-m").address_of("m").ip) in addrs, addrs
+
+
+def test_stream_through_the_extension_with_offloads_crosses_as_super_frames(chain):
+    """GRO on m's NICs hands the extension super-frames, TSO cuts them again: byte-exact at b,
+    far fewer passes through the engine than wire segments, m's kernel still out of the way
+    and its NICs' offloads given back afterwards."""
+    ctx, a, b, b_ip = _through(chain, "extension-offload", 6325)
+    m_guest = chain.guest("m")
+    nic = {n["link"]: n["name"] for n in chain.state.node("m").nics}["a-m"]
+    features = m_guest.run(f"ethtool -k {nic}", timeout=30).stdout
+    with ctx as run:
+        assert run.entry == b_ip
+        checked_stream(a, b, b_ip, 6325, STREAM_BYTES, seed=13)
+    m = run.middles["m"]
+    ext = m["extension"]["extension"]
+    assert m["kernel_forwarded_packets"] == 0, m
+    assert ext["gso_forwarded"] > 0 and ext["gso_segments"] > 2 * ext["gso_forwarded"], ext
+    assert ext["bad_gso"] == ext["gso_too_big"] == ext["bad_checksum"] == 0, ext
+    assert m["wire_segments_per_s"] > m["forwarded_packets_per_s"], m
+    assert m["extension"]["restarts"] == 0
+    assert m_guest.run(f"ethtool -k {nic}", timeout=30).stdout == features  # given back
 
 
 def test_stream_through_haproxy_on_m_is_byte_exact(chain):
