@@ -92,6 +92,9 @@ class ArpResolver:
         self.max_entries = max(1, max_entries)
         self._cache: dict[int, _Entry] = {}
         self._pending: dict[int, _Pending] = {}
+        #: Moves whenever an entry is learnt, replaced or evicted: a caller that remembered a
+        #: MAC (`quiet`) knows by it that the cache changed under it.
+        self.generation = 0
 
     # -- transmit side --------------------------------------------------------------------------
 
@@ -102,12 +105,19 @@ class ArpResolver:
             return None
         if now >= entry.expires:
             del self._cache[ip]
+            self.generation += 1
             return None
         if now >= entry.refresh_at:
             # In use and about to expire: re-validate with a unicast request, keep using it.
             entry.refresh_at = now + self.retry_interval
             out.append(self._request(ip, entry.mac))
         return entry.mac
+
+    def quiet(self, ip: int) -> tuple[bytes, float] | None:
+        """The cached MAC of `ip` and until when `lookup` answers it and does nothing else (no
+        refresh probe, no expiry), while `generation` stays as it is; None if not cached."""
+        entry = self._cache.get(ip)
+        return None if entry is None else (entry.mac, min(entry.refresh_at, entry.expires))
 
     def queue(self, ip: int, frame: bytearray, now: float, out: list) -> None:
         """Hold `frame` (destination MAC to be patched) until `ip` resolves; start resolving."""
@@ -193,6 +203,7 @@ class ArpResolver:
             del cache[next(iter(cache))]  # oldest insertion
         refresh_at = now + self.timeout - self.refresh if self.refresh else float("inf")
         cache[ip] = _Entry(mac, now + self.timeout, refresh_at)
+        self.generation += 1
         self.counters.arp_learned += 1
         pending = self._pending.pop(ip, None)
         if pending is not None:

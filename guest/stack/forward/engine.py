@@ -60,6 +60,17 @@ as `bad_gso`. A plain frame whose TCP/UDP checksum was left partial (NEEDS_CSUM:
 over a veth) gets it completed here, so that fragmenting or quoting it stays correct. Frames
 the engine builds (ARP, ICMP errors, fragments) go out with the all-zero header.
 
+The fast path (`fast_path`, on by default) is a flow cache, as routers keep one beside their
+routing table: per ingress interface, (source, destination) -> (egress interface, next hop's
+MAC), filled by the full path when it forwards a frame to a resolved next hop. A frame of a
+cached flow whose header is as plain as can be (IHL 5, not a fragment, TTL > 1, Total Length
+within the frame and the egress MTU, checksum correct) is rewritten and sent without the
+source and destination checks, the route lookup and the ARP lookup, whose answers the cache
+holds; anything else takes the full path, which stays the specification (differential tests
+run both over the same frames and times). An entry lives while the next hop's ARP entry would
+answer without side effects (`ArpResolver.quiet`, `generation`) and the routes stay
+as they are; at most `MAX_FLOWS` per interface (a flood of spoofed sources empties it).
+
 Next hops are resolved by one `GuardedArp` per interface (see `neighbors.py` for the spoofing
 policy): a frame for an unresolved next hop waits in a queue of at most `queue_limit` frames
 per next hop, `max_neighbors` next hops under resolution per interface, for at most
@@ -117,6 +128,8 @@ from .neighbors import GuardedArp
 from .routes import NextHop, Route, RoutingTable
 
 DEFAULT_QUEUE_LIMIT: Final = 32
+#: Flow cache entries per ingress interface before it is emptied and starts again.
+MAX_FLOWS: Final = 1024
 DEFAULT_MAX_NEIGHBORS: Final = 256
 DEFAULT_ARP_TIMEOUT: Final = 60.0
 DEFAULT_ARP_RETRY_INTERVAL: Final = 1.0
@@ -212,7 +225,7 @@ class ForwardCounters:
 class _Port:
     """Per-interface state: addresses, MTU and the next-hop resolver."""
 
-    __slots__ = ("addr", "arp", "mac", "max_frame", "mtu", "name", "scratch")
+    __slots__ = ("addr", "arp", "flows", "mac", "max_frame", "mtu", "name", "scratch")
 
     def __init__(self, iface: Interface, arp: GuardedArp) -> None:
         self.name = iface.name
@@ -223,6 +236,9 @@ class _Port:
         self.arp = arp
         #: Where the resolver appends the frames it sends (drained into `handle`'s output).
         self.scratch: list = []
+        #: The flow cache of frames received here: src << 32 | dst -> (egress port, its next
+        #: hop's MAC, valid until, the egress resolver's generation then).
+        self.flows: dict[int, tuple[_Port, bytes, float, int]] = {}
 
 
 Output = list[tuple[str, "bytearray | memoryview"]]
@@ -244,6 +260,7 @@ class Forwarder:
         arp_retry_interval: float = DEFAULT_ARP_RETRY_INTERVAL,
         arp_max_requests: int = DEFAULT_ARP_MAX_REQUESTS,
         ttl: int = DEFAULT_TTL,
+        fast_path: bool = True,
     ) -> None:
         if not interfaces:
             raise ValueError("a forwarder needs at least one interface")
@@ -276,6 +293,10 @@ class Forwarder:
         self._ttl = ttl
         self._ident = 0
         self._poll_at = float("inf")
+        self._fast = fast_path
+        #: Frames the fast path forwarded (not a counter of `stats`: with and without the fast
+        #: path the counters are the same, which the differential tests check).
+        self.fast_hits = 0
         #: The frame `handle_vnet` is working on, header first (None in `handle`): a frame held
         #: for ARP keeps that virtio_net_hdr, so a super-frame is still one when released.
         self._rx_vnet: memoryview | None = None
@@ -296,6 +317,8 @@ class Forwarder:
         elif name not in self._ports:
             raise ValueError(f"route without gateway needs a known interface, not {name!r}")
         self._table.add(route.network, route.prefix_len, NextHop(name, route.gateway))
+        for port in self._ports.values():
+            port.flows.clear()  # a cached egress may no longer be the route's
 
     def routes(self) -> list[tuple[int, int, NextHop]]:
         return self._table.routes()
@@ -327,7 +350,8 @@ class Forwarder:
                 else:
                     c.not_for_us += 1
                 return out
-            self._forward(port, frame, n, now, out)
+            if not (self._fast and self._fast_forward(port, frame, n, now, out)):
+                self._forward(port, frame, n, now, out)
         elif ethertype == ETHERTYPE_ARP:
             self._arp(port, frame, now, out)
         else:
@@ -438,6 +462,58 @@ class Forwarder:
         """When `poll` must run next, or None when nothing waits."""
         return None if self._poll_at == float("inf") else self._poll_at
 
+    def _fast_forward(
+        self, port: _Port, frame: bytearray | memoryview, n: int, now: float, out: Output
+    ) -> bool:
+        """Forward a frame of a cached flow whose header needs no decision (see the module
+        docstring); False, having changed nothing, for anything else."""
+        if n < _PAYLOAD_AT:
+            return False
+        ver_ihl, _, total_len, _, flags_frag, ttl, proto, csum, src, dst = _IP_HEADER.unpack_from(
+            frame, _IP_AT
+        )
+        flow = port.flows.get(src << 32 | dst)
+        if (
+            flow is None
+            or ver_ihl != 0x45
+            or ttl <= 1
+            or flags_frag & (FLAG_MF | FRAG_OFFSET_MASK)
+            or not MIN_HEADER_LEN <= total_len <= n - ETH_LEN
+        ):
+            return False
+        egress, dst_mac, until, generation = flow
+        if (
+            now >= until
+            or generation != egress.arp.generation
+            or total_len > egress.mtu
+            or ones_sum(frame[_IP_AT:_PAYLOAD_AT]) != 0xFFFF
+        ):
+            return False
+        frame[_IP_AT + 8] = ttl - 1
+        _U16.pack_into(frame, _IP_AT + 10, update16(csum, ttl << 8 | proto, (ttl - 1) << 8 | proto))
+        frame[0:6] = dst_mac
+        frame[6:12] = egress.mac
+        end = ETH_LEN + total_len
+        if n > end:
+            frame = _trim(frame, end)
+        c = self.counters
+        c.forwarded += 1
+        c.bytes_forwarded += total_len
+        self.fast_hits += 1
+        out.append((egress.name, frame))
+        return True
+
+    def _remember(self, port: _Port, src: int, dst: int, egress: _Port, next_hop: int) -> None:
+        """Cache the flow the full path just sent to a resolved next hop."""
+        arp = egress.arp
+        known = arp.quiet(next_hop)
+        if known is None:
+            return
+        flows = port.flows
+        if len(flows) >= MAX_FLOWS:
+            flows.clear()
+        flows[src << 32 | dst] = (egress, known[0], known[1], arp.generation)
+
     def _forward(
         self, port: _Port, frame: bytearray | memoryview, n: int, now: float, out: Output, gso=0
     ) -> None:
@@ -525,6 +601,8 @@ class Forwarder:
         next_hop = dst if hop.gateway is None else hop.gateway
         if not too_big:
             self._transmit(egress, next_hop, frame, now, out)
+            if self._fast and self._rx_vnet is None:
+                self._remember(port, src, dst, egress, next_hop)
             return
         pieces = _fragment(frame, egress.mtu)
         c.fragmented += 1
