@@ -94,6 +94,38 @@ def test_a_batch_is_forwarded_in_place_in_one_transmit_batch() -> None:
         ring.close()
 
 
+def test_after_the_first_pass_only_the_rings_poll_names_are_read() -> None:
+    """A pass reads the rings that have frames, not every ring: on request/response every
+    frame is a pass of its own, and an empty read of the other NIC's ring costs as much as
+    the engine's work on the frame."""
+    fwd = Forwarder(
+        [
+            Interface.from_text("a", MAC_A.hex(":"), "198.18.1.2/24"),
+            Interface.from_text("b", MAC_B.hex(":"), "198.18.2.2/24"),
+        ]
+    )
+    rings = {"a": FakeRing(), "b": FakeRing()}
+    loop = ExtensionLoop(fwd, rings)  # type: ignore[arg-type]
+    reads = {"a": 0, "b": 0}
+
+    def reader(name: str):
+        def recv_batch(max_frames: int) -> list[memoryview]:
+            reads[name] += 1
+            if name == "a" and reads["a"] == 3:
+                loop.stop()
+            return []
+
+        return recv_batch
+
+    for name, ring in rings.items():
+        ring.recv_batch = reader(name)  # type: ignore[method-assign]
+    os.write(rings["a"]._w, b"x")  # a's descriptor stays readable, b's never is
+    loop.run()
+    assert reads == {"a": 3, "b": 1}, reads
+    for ring in rings.values():
+        ring.close()
+
+
 def test_the_policy_builds_and_allows_no_socket_file_or_process_calls() -> None:
     sandbox.build_filter(EXTENSION.allow, rules=EXTENSION.rules)
     forbidden = {"socket", "openat", "open", "ioctl", "ptrace", "clone", "fork", "execve"}

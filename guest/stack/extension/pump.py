@@ -3,11 +3,12 @@
 Runs in the extension domain, which holds, per NIC, the kernel's PACKET_MMAP rings (mapped, no
 socket), an epoll fd that reports the packet socket readable, and a send-only io_uring over the
 socket (`guest.stack.factored.uring`); the device over them is the factored stack's
-`SharedRingDevice`. One wakeup drains every ready RX slot of every ring, batch by batch; each
-batch goes through `Forwarder.handle`, which rewrites forwarded frames in place in their RX
-slots; what it returns is written into the egress NIC's TX ring, and one io_uring submission
-per egress per batch makes the kernel transmit the lot. No system call per frame: `poll` once
-per wakeup, `io_uring_enter` once per transmitted batch (`clock_gettime` is the vDSO's).
+`SharedRingDevice`. One wakeup drains every ready RX slot of every ring poll names, batch by
+batch; each batch goes through `Forwarder.handle`, which rewrites forwarded frames in place in
+their RX slots; what it returns is written into the egress NIC's TX ring, and one io_uring
+submission per egress per batch makes the kernel transmit the lot. No system call per frame:
+`poll` once per wakeup, `io_uring_enter` once per transmitted batch (`clock_gettime` is the
+vDSO's).
 
 With `vnet` (the supervisor's `--offloads`), the rings carry a virtio_net_hdr in front of
 every frame and the engine's `handle_vnet` takes them: GRO's super-frames go through whole.
@@ -111,13 +112,18 @@ class ExtensionLoop:
 
     def run(self) -> None:
         poller = select.poll()
-        for dev in self.devices.values():
+        by_fd = {}
+        for name, dev in self.devices.items():
             poller.register(dev.fileno(), select.POLLIN)
+            by_fd[dev.fileno()] = (name, dev)
+        # The first pass reads every ring; after it, those poll says are ready (a drain reads
+        # its ring empty, so a ring poll did not name has nothing: reading it costs a pass).
+        ready = list(by_fd.values())
         clock = self._clock
         st = self.stats
         next_report = clock() + REPORT_EVERY_S
         while not self._stop:
-            for name, dev in self.devices.items():
+            for name, dev in ready:
                 self._drain(name, dev)
             now = clock()
             due = self.fwd.next_timeout()
@@ -136,7 +142,7 @@ class ExtensionLoop:
             if due is not None:
                 timeout = max(0, min(timeout, math.ceil((due - now) * 1000)))
             st.poll_wakeups += 1
-            poller.poll(timeout)
+            ready = [by_fd[fd] for fd, _ in poller.poll(timeout)]
 
     def _drain(self, name: str, dev: RingDevice) -> None:
         """Every ready RX slot of `dev`, a batch at a time; the last (empty) read gives the
