@@ -410,7 +410,8 @@ class Forwarder:
                 frame[0] = flags & ~F_NEEDS_CSUM
             self._rx_vnet = whole
             try:
-                self._forward(port, body, n, now, out, gso)
+                if gso or not (self._fast and self._fast_forward(port, body, n, now, out)):
+                    self._forward(port, body, n, now, out, gso)
             finally:
                 self._rx_vnet = None
         elif ethertype == ETHERTYPE_ARP:
@@ -601,7 +602,7 @@ class Forwarder:
         next_hop = dst if hop.gateway is None else hop.gateway
         if not too_big:
             self._transmit(egress, next_hop, frame, now, out)
-            if self._fast and self._rx_vnet is None:
+            if self._fast and not gso:
                 self._remember(port, src, dst, egress, next_hop)
             return
         pieces = _fragment(frame, egress.mtu)
