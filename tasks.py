@@ -367,11 +367,18 @@ def bench(
 ):
     """Run a lab's experiments and print/save the results (JSON, table, optional plot).
 
-    Uses the lab if it is already up (lab.up); otherwise brings one up for the run and tears it
-    down afterwards, whatever happens.
+    Uses the lab if it is already up (lab.up), with this tree's guest code deployed to it
+    first; otherwise brings one up for the run and tears it down afterwards, whatever happens.
     """
     from host.accel import accel_for
-    from host.bench import INFRA, metadata, result_stem, run_experiments, save_results
+    from host.bench import (
+        INFRA,
+        metadata,
+        result_stem,
+        run_experiments,
+        save_results,
+        source_revision,
+    )
     from host.health import lost_nodes
     from host.image import cached_image
     from host.lab import Lab, LabState, terminate_on_sigterm
@@ -398,6 +405,11 @@ def bench(
     if running is not None and running.owner_alive():
         _say(f"using running lab {cfg.lab} (owner pid {running.owner_pid})")
         guests = {n.name: running.guest(n.name) for n in running.nodes}
+        # The lab got the guest code of the tree it was started from: measure this tree's.
+        _say(f"deploying this tree's guest code to {', '.join(guests)}")
+        revision = source_revision()
+        for g in guests.values():
+            g.deploy()
         records = run_experiments(
             cfg,
             running,
@@ -409,11 +421,12 @@ def bench(
             health=lambda: lost_nodes(running),
         )
         img = cached_image(cfg.image)
-        meta = metadata(cfg, running, img.manifest if img else {}, rounds)
+        meta = metadata(cfg, running, img.manifest if img else {}, rounds, revision)
         for g in guests.values():
             g.close()
     else:
         with Lab(cfg, accel=accel_for(cfg.image, accel, progress=_say), progress=_say) as lab:
+            revision = source_revision()  # what lab.up deploys
             state = lab.up()
             records = run_experiments(
                 cfg,
@@ -425,7 +438,7 @@ def bench(
                 captures,
                 health=lambda: lost_nodes(state),
             )
-            meta = metadata(cfg, state, lab.image.manifest, rounds)
+            meta = metadata(cfg, state, lab.image.manifest, rounds, revision)
     path = save_results(meta, records, stem=stem)
     print_results(load(path), console)
     _say(f"results: {path}")

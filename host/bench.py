@@ -420,7 +420,24 @@ def placement(state: LabState) -> str:
     return " ".join(f"{n.name}={n.vcpus}@{n.cpuset or 'any'}" for n in state.nodes)
 
 
-def metadata(config: LabConfig, state: LabState, image_manifest: dict, rounds: int = 1) -> dict:
+def source_revision() -> dict:
+    """The tree's commit and whether it has uncommitted changes, taken when its guest code is
+    deployed: a commit made while the rounds run did not run."""
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain")),
+    }
+
+
+def metadata(
+    config: LabConfig,
+    state: LabState,
+    image_manifest: dict,
+    rounds: int = 1,
+    revision: dict | None = None,
+) -> dict:
+    """What a result set was measured with; `revision` is `source_revision()` as it was at
+    deployment (now, if not given)."""
     import libvirt
 
     qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True)
@@ -428,8 +445,7 @@ def metadata(config: LabConfig, state: LabState, image_manifest: dict, rounds: i
     return {
         "tool": "stackbed",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain")),
+        **(revision or source_revision()),
         "accel": state.accel,
         "host": {
             "kernel": platform.release(),

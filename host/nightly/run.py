@@ -21,7 +21,7 @@ from pathlib import Path
 
 from junitparser import JUnitXml, TestSuite
 
-from host.bench import extend, metadata, run_experiments
+from host.bench import extend, metadata, run_experiments, source_revision
 from host.config import LabConfig
 from host.health import lost_nodes
 from host.lab import Lab, LabError
@@ -127,6 +127,7 @@ def run_lab(cfg: LabConfig, plan: Plan, progress: Progress) -> tuple[dict | None
     faults: list[str] = []
     try:
         with Lab(cfg, accel=accel_for(cfg.image, plan.accel, progress), progress=progress) as lab:
+            revision = source_revision()  # what lab.up deploys
             state = lab.up()
 
             def health() -> dict[str, str]:
@@ -136,7 +137,7 @@ def run_lab(cfg: LabConfig, plan: Plan, progress: Progress) -> tuple[dict | None
                 cfg, state, lab.guest, None, progress, plan.rounds, health=health
             )
             data = {
-                "metadata": metadata(cfg, state, lab.image.manifest, plan.rounds),
+                "metadata": metadata(cfg, state, lab.image.manifest, plan.rounds, revision),
                 "results": records,
             }
             flagged = _provisional(data, plan, progress)

@@ -15,6 +15,7 @@ from host.accel import accel_for
 from host.config import load_lab
 from host.lab import Lab, LabState
 from host.paths import PROJECT_ROOT
+from host.ssh import GUEST_DIR
 from tests.vm.conftest import DEFAULT_CONFIG, start_keeper, unique_lab_name
 from tests.vm.leftovers import domains_of, leftovers, wait_clean
 
@@ -151,3 +152,36 @@ def test_bench_reports_kernel_path_beside_iperf3(tmp_path):
     assert by_name["iperf3"]["summary"]["mbit_per_s"] > 0
     assert by_name["kernel-rr"]["summary"]["p50_us"] > 0
     assert "kernel-stream" in proc.stdout and "iperf3" in proc.stdout
+
+
+def test_bench_on_a_running_lab_measures_this_trees_guest_code(tmp_path):
+    """A lab kept up with lab.up got the guest code of its day; a bench on it after the code
+    changed must run the code of now, not the stale copy (or its results name a commit whose
+    code never ran). A marker left in the deployed tree must be gone after the bench."""
+    name = unique_lab_name("tr")
+    cfg = tmp_path / "running.yaml"
+    cfg.write_text(DEFAULT_CONFIG.read_text().replace("lab: default", f"lab: {name}"))
+    keeper = start_keeper(cfg, name)
+    try:
+        for line in keeper.stdout:
+            if line.startswith("READY") or line.startswith("FAILED"):
+                break
+        assert line.startswith("READY"), line
+        state = LabState.load(name)
+        a = state.guest("a")
+        marker = f"{GUEST_DIR}/guest/stale-marker"
+        a.run(f"touch {marker}", timeout=30).check()
+        a.close()
+        proc = subprocess.run(
+            [sys.executable, "-m", "invoke", "bench", "--config", str(cfg), "--only", "ping",
+             "--out", str(tmp_path / "results")],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "using running lab" in proc.stdout and "deploying" in proc.stdout, proc.stdout
+        a = state.guest("a")
+        gone = a.run(f"test -e {marker} && echo stale || echo fresh", timeout=30).stdout
+        a.close()
+        assert gone.strip() == "fresh"
+    finally:
+        _reap(keeper)
