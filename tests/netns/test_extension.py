@@ -192,8 +192,8 @@ def test_with_offloads_super_frames_cross_whole_and_byte_exact(offload_chain: Ve
     ext = Extension(c, "--offloads")
     try:
         assert ext.ready["offloads"] is True, ext.ready
-        there = _stream(c.ns_a, c.ns_b, B, 7311)
-        back = _stream(c.ns_b, c.ns_a, A, 7312)
+        there = _stream(c.ns_a, c.ns_b, B, 7321)
+        back = _stream(c.ns_b, c.ns_a, A, 7322)
         print(f"extension --offloads: A->B {there['mbit_per_s']:.0f} Mbit/s, "
               f"B->A {back['mbit_per_s']:.0f} Mbit/s")  # fmt: skip
         assert _echo(c.ns_a, B, count=2)[0] is not None  # plain frames still pass
@@ -208,8 +208,11 @@ def test_with_offloads_super_frames_cross_whole_and_byte_exact(offload_chain: Ve
     assert fwd["bad_gso"] == fwd["gso_too_big"] == fwd["oversized"] == 0, fwd
 
 
-def test_killed_mid_stream_it_is_restarted_and_the_stream_completes(chain: VethChain) -> None:
-    ext = Extension(chain)
+@pytest.mark.parametrize("extra", [(), ("--offloads",)], ids=["frames", "offloads"])
+def test_killed_mid_stream_it_is_restarted_and_the_stream_completes(
+    chain: VethChain, extra: tuple[str, ...]
+) -> None:
+    ext = Extension(chain, *extra)
     nbytes = 400 << 20  # some 3 s at the 1 Gbit/s it forwards here: killed well inside
     try:
         sink = _traffic(chain.ns_b, "sink", "--port", "7311")
