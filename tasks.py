@@ -505,6 +505,8 @@ def _result_sets(path: str, what: str):
         "rounds": "interleaved rounds per lab (default 5: the rank test needs 5 a side)",
         "confirm": "rounds of the confirming rerun of what looks regressed (default 3; 0: none)",
         "baseline": "a nightly results.json or a bench result file to compare with",
+        "baseline_rev": "a git revision whose guest code is measured in the same night, round "
+        "by round beside this tree's, as the baseline (paired; cancels the host's drift)",
         "tiers": "comma-separated test tiers to run first: unit,netns,vm (default all; "
         "'none' for none)",
         "floors": f"noise floors file (default {NOISE_FLOORS})",
@@ -520,6 +522,7 @@ def nightly(
     rounds=5,
     confirm=3,
     baseline=None,
+    baseline_rev=None,
     tiers="unit,netns,vm",
     floors=NOISE_FLOORS,
     history="history/nightly.csv",
@@ -533,8 +536,15 @@ def nightly(
     infrastructure fault (a lab that never came up, a guest lost mid-run).
     """
     from host.lab import terminate_on_sigterm
+    from host.nightly.paired import RevisionError, resolve
     from host.nightly.run import TIERS, Plan, run
 
+    if baseline and baseline_rev:
+        raise Exit("--baseline and --baseline-rev: give one baseline, not both", code=2)
+    try:
+        base_commit = resolve(baseline_rev) if baseline_rev else None
+    except RevisionError as err:
+        raise Exit(str(err), code=2) from None
     for name, value in (("rounds", rounds), ("confirm", confirm)):
         if not str(value).isdigit():
             raise Exit(f"--{name} must be a whole number, not {value!r}", code=2)
@@ -555,6 +565,7 @@ def nightly(
         history=None if history in (None, "none", "") else Path(history),
         allow_different=allow_different,
         accel=accel,
+        baseline_rev=base_commit,
     )
     _check_injection()
     terminate_on_sigterm()
@@ -572,17 +583,28 @@ def nightly(
         "calibrate": "A and B are runs of one commit: print the noise floors they imply",
     }
 )
-def compare(c, a, b, floors=NOISE_FLOORS, out=None, allow_different=False, calibrate=False):
+def compare(c, a, b=None, floors=NOISE_FLOORS, out=None, allow_different=False, calibrate=False):
     """Compare two result sets (bench result files or nightly results.json) with the
-    nightly's statistics: a table, and an HTML page with --out. Exit 1 if B regressed."""
+    nightly's statistics: a table, and an HTML page with --out. Exit 1 if B regressed.
+
+    With A alone, a nightly results.json made with --baseline-rev: its two arms, paired
+    round by round (with --calibrate, of one commit: the same-night noise floors)."""
     from host.nightly.fingerprint import Incomparable
-    from host.nightly.outcome import Outcome, compare_sets
+    from host.nightly.outcome import Outcome, compare_sets, load_same_night
     from host.nightly.pages import html, markdown
     from host.nightly.stats import calibrate as floors_from
 
-    base, cand = _result_sets(a, "A"), _result_sets(b, "B")
+    if b is None:
+        try:
+            base, cand = load_same_night(Path(a))
+        except ValueError as err:
+            raise Exit(f"A: {err} (or give B)", code=2) from None
+    else:
+        base, cand = _result_sets(a, "A"), _result_sets(b, "B")
     try:
-        comparisons, diffs = compare_sets(base, cand, _floors(floors), allow_different)
+        comparisons, diffs = compare_sets(
+            base, cand, _floors(floors), allow_different, paired=b is None
+        )
     except Incomparable as err:
         raise Exit(str(err), code=2) from None
     outcome = Outcome(
@@ -591,12 +613,19 @@ def compare(c, a, b, floors=NOISE_FLOORS, out=None, allow_different=False, calib
         baseline=base,
         comparisons=comparisons,
         differences=diffs,
+        baseline_rev=(base[0]["metadata"].get("git_commit") or "?") if b is None and base else None,
     )
     console.print(markdown(outcome, out or "(no page: --out)"), highlight=False, markup=False)
     if out:
         Path(out).write_text(html(outcome, title=f"compare {Path(a).name} -> {Path(b).name}"))
         _say(f"page: {out}")
-    if calibrate:
+    if calibrate and b is None:
+        # Paired, the noise is in each interval already: what an A/A night shows is whether
+        # the floors of the -paired sections raise an alarm, and how far the estimates strayed.
+        strayed = floors_from([comparisons], margin=1.0)
+        _say(f"A/A, paired: {len(outcome.regressions)} gated metric(s) flagged; largest")
+        _say(f"  |ratio-1| per figure (not floors: the t-interval carries the noise): {strayed}")
+    elif calibrate:
         implied = floors_from([comparisons])
         _say(f"noise floors implied by this A/A pair (max |ratio-1| x 1.25): {implied}")
     if outcome.regressions:

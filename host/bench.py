@@ -232,6 +232,7 @@ def run_experiments(
     capture_dir: Path | None = None,
     health: Callable[[], dict[str, str]] | None = None,
     first_round: int = 1,
+    of_rounds: int | None = None,
 ) -> list[dict]:
     """Run the selected experiments `rounds` times over, in the file's order each round.
 
@@ -240,7 +241,8 @@ def run_experiments(
     every later run that needs one of them is not tried), "experiment" when the experiment
     itself failed (a tool's non-zero exit, a byte mismatch). The other runs go on, so that
     what completed is saved whatever happened to one node. Rounds are numbered from
-    `first_round` (a confirming rerun continues a night's numbering).
+    `first_round` (a confirming rerun continues a night's numbering); the progress lines
+    count them out of `of_rounds` when a caller runs a night a round at a time.
 
     An experiment with `capture:` records every link its route crosses, for each run, into
     `capture_dir` (no capture without one): `NAME-rROUND-LINK.pcap`.
@@ -269,6 +271,7 @@ def run_experiments(
     runs: list[list[dict]] = [[] for _ in selected]
     lost: dict[str, str] = {}
     last = first_round + rounds - 1
+    shown = of_rounds or last
     for round_no in range(first_round, last + 1):
         for i, (exp, path, target) in enumerate(zip(selected, paths, targets, strict=True)):
             mode = FORWARD_MODES[exp.forward]
@@ -279,7 +282,7 @@ def run_experiments(
                     )
                     continue
                 progress(
-                    (f"round {round_no}/{last} " if last > 1 else "")
+                    (f"round {round_no}/{shown} " if shown > 1 else "")
                     + f"[{i + 1}/{len(selected)}] {exp.name} ({exp.type}, {exp.path}, "
                     f"{' -> '.join(path.nodes)}"
                     + (f", {exp.forward}" if path.transit else "")

@@ -175,15 +175,23 @@ class Guest:
 
     def deploy(self, src: Path = PROJECT_ROOT / "guest") -> None:
         """Copy the guest package to GUEST_DIR in one round trip (a tarball on stdin)."""
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            tar.add(
-                src, arcname="guest", filter=lambda ti: None if "__pycache__" in ti.name else ti
-            )
+        self.deploy_tarball(guest_tarball(src))
+
+    def deploy_tarball(self, tarball: bytes) -> None:
+        """Replace GUEST_DIR/guest with a gzipped tarball's `guest/` (as `git archive` of a
+        revision gives it, so another revision's code needs no folder on the host)."""
         self.run(
             f"rm -rf {GUEST_DIR}/guest && mkdir -p {GUEST_DIR} && tar -xzf - -C {GUEST_DIR}",
-            stdin=buf.getvalue(),
+            stdin=tarball,
         ).check()
+
+
+def guest_tarball(src: Path = PROJECT_ROOT / "guest") -> bytes:
+    """The guest package at `src` as a gzipped tarball of `guest/`, caches left out."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(src, arcname="guest", filter=lambda ti: None if "__pycache__" in ti.name else ti)
+    return buf.getvalue()
 
 
 class RunningCommand:

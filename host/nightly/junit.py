@@ -35,6 +35,8 @@ def describe(c: Comparison) -> str:
             text += f", p={c.p_worse:.4f}"
         text += ")"
     text += f"; {c.better} is better; rounds {len(c.base)} vs {len(c.cand)}"
+    if c.method == "paired-t":
+        text += ", paired (same night)"
     if c.confirmed is not None:
         text += "; confirmed by a rerun" if c.confirmed else "; not confirmed by a rerun"
     return text

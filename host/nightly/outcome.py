@@ -52,6 +52,7 @@ class Outcome:
     elapsed_s: float = 0.0
     floors: str = "built-in default"
     confirm_rounds: int = 0
+    baseline_rev: str | None = None  # the baseline was this commit, measured the same night
 
     @property
     def regressions(self) -> list[Comparison]:
@@ -97,6 +98,8 @@ class Outcome:
             "elapsed_s": self.elapsed_s,
             "floors": self.floors,
             "confirm_rounds": self.confirm_rounds,
+            "baseline_rev": self.baseline_rev,
+            "method": "paired rounds, same night" if self.baseline_rev else "between nights",
             "differences": self.differences,
             "faults": self.faults,
             "tiers": [t.__dict__ for t in self.tiers],
@@ -119,12 +122,29 @@ def load_sets(path: Path) -> list[dict]:
     raise ValueError(f"{path}: neither a bench result file nor a nightly results.json")
 
 
+def load_same_night(path: Path) -> tuple[list[dict], list[dict]]:
+    """The baseline and candidate sets of a nightly run made with a same-night baseline
+    (`--baseline-rev`), from its results.json; errors name the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable result file: {err}") from err
+    if not isinstance(data, dict) or not isinstance(data.get("baseline_labs"), list):
+        raise ValueError(f"{path}: not a nightly results.json with a same-night baseline")
+    return data["baseline_labs"], data["labs"]
+
+
 def compare_sets(
-    base: list[dict], cand: list[dict], floors: Floors, allow_different: bool = False
+    base: list[dict],
+    cand: list[dict],
+    floors: Floors,
+    allow_different: bool = False,
+    paired: bool = False,
 ) -> tuple[list[Comparison], list[str]]:
     """Every metric of the candidate's sets against the baseline's, lab by lab, tested
     together (one correction for all of them); the fingerprints must agree (else
-    `fingerprint.Incomparable`, unless allowed)."""
+    `fingerprint.Incomparable`, unless allowed). `paired`: the baseline was measured in the
+    same night, round by round, and rounds of one number are compared as pairs."""
     by_lab = {d["metadata"]["lab"]: d for d in base}
     differences: list[str] = []
     base_metrics, cand_metrics = [], []
@@ -138,4 +158,4 @@ def compare_sets(
             differences.append(f"{lab}: {diff}")
         base_metrics += extract(theirs)
     accel = cand[0]["metadata"]["accel"] if cand else "tcg"
-    return compare(base_metrics, cand_metrics, floors, accel), differences
+    return compare(base_metrics, cand_metrics, floors, accel, paired=paired), differences

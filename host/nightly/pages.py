@@ -25,6 +25,17 @@ METHOD = (
     "their raw figures are shown, not gated."
 )
 
+PAIRED_METHOD = (
+    "The baseline is commit {rev}, its guest code measured in this night round by round "
+    "beside the candidate's, in the same lab, the two arms alternating which runs first. "
+    "A metric regressed when a one-sided t-test of the rounds' log ratios (candidate / "
+    f"baseline of the same round), adjusted for all gated metrics at once (Benjamini-Hochberg), "
+    f"is below {ALPHA}, the {CONFIDENCE:.0%} t-interval of the geometric mean ratio lies wholly "
+    "beyond the metric's same-night noise floor, and a confirming rerun keeps it so. "
+    "User-level paths are gated on their ratio to the kernel path of the same round "
+    "(/kernel); their raw figures are shown, not gated."
+)
+
 VERDICT_TEXT = {
     "regressed": "REGRESSED",
     "improved": "improved",
@@ -131,7 +142,9 @@ def html(outcome: Outcome, title: str = "nightly") -> str:
         tiers=outcome.tiers,
         comparisons=[_comparison_row(c) for c in outcome.comparisons],
         ratios_svg=plots.ratios_svg(outcome.comparisons),
-        method=METHOD,
+        method=PAIRED_METHOD.format(rev=outcome.baseline_rev[:12])
+        if outcome.baseline_rev
+        else METHOD,
         no_baseline="No baseline: the figures are recorded for the next run to compare with.",
         labs=[_lab_section(d, _same_lab(outcome.baseline, d)) for d in outcome.candidate],
         tool_version=(cand.get("git_commit") or "")[:10],
@@ -149,6 +162,12 @@ def markdown(outcome: Outcome, report_name: str = "report.html") -> str:
         f"{outcome.elapsed_s / 60:.1f} min · full report: `{report_name}`",
         "",
     ]
+    if outcome.baseline_rev:
+        lines += [
+            f"Baseline: commit `{outcome.baseline_rev[:12]}`, measured in this night, "
+            "round by round beside the candidate (paired).",
+            "",
+        ]
     if outcome.faults or outcome.infrastructure_faults:
         lines += ["### Infrastructure faults", ""]
         lines += [f"- {f.splitlines()[0]}" for f in outcome.faults]

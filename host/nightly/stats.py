@@ -11,6 +11,14 @@ A metric regressed only when three things hold together:
 The rank test guards against chance within a night, the floor against the drift between
 nights that no within-night test can see. Both come from maintained code (scipy); only the
 wiring is ours.
+
+When the baseline was measured in the same night, round by round beside the candidate
+(`invoke nightly --baseline-rev`), the rounds are pairs: each round's ratio candidate /
+baseline has the night's drift cancelled, and the test is a one-sided t-test of the rounds'
+log ratios (as pyperf compares), with the ratio their geometric mean and the interval the
+t-interval of it. A rank test of pairs (Wilcoxon) cannot go below p = 1/32 with 5 rounds, so
+no single metric could survive the correction; the floor is then the same-night floor
+(`ACCEL-paired` in the floors file), calibrated from same-night A/A runs.
 """
 
 from __future__ import annotations
@@ -22,17 +30,23 @@ from typing import Literal
 
 import numpy as np
 import yaml
-from scipy.stats import bootstrap, false_discovery_control, mannwhitneyu
+from scipy.stats import bootstrap, false_discovery_control, mannwhitneyu, ttest_1samp
 
 from host.nightly.metrics import Metric
 
 Verdict = Literal["regressed", "improved", "unchanged", "insufficient", "missing"]
+Method = Literal["mann-whitney", "paired-t"]
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
 MIN_ROUNDS = 3
 RESAMPLES = 4000
 DEFAULT_FLOOR = 0.05
+
+
+def paired_key(accel: str) -> str:
+    """The floors file's section for same-night comparisons under `accel`."""
+    return f"{accel}-paired"
 
 
 @dataclass(frozen=True)
@@ -44,8 +58,12 @@ class Floors:
     default: float = DEFAULT_FLOOR
     source: str = "built-in default"
 
-    def floor(self, accel: str, figure: str) -> float:
-        return self.by_accel.get(accel, {}).get(figure, self.default)
+    def floor(self, accel: str, figure: str, paired: bool = False) -> float:
+        """The floor of `figure` under `accel`; `paired`: for a baseline measured in the same
+        night, round by round (the file's `ACCEL-paired` section)."""
+        return self.by_accel.get(paired_key(accel) if paired else accel, {}).get(
+            figure, self.default
+        )
 
     @classmethod
     def load(cls, path: Path) -> Floors:
@@ -85,13 +103,14 @@ class Comparison:
     cand: list[float]
     floor: float
     ratio: float | None = None
-    low: float | None = None  # bootstrap interval of the ratio of medians
+    low: float | None = None  # interval: bootstrap of the ratio of medians, or paired t
     high: float | None = None
-    p_worse: float | None = None  # one-sided Mann-Whitney U, candidate worse
+    p_worse: float | None = None  # one-sided (Mann-Whitney U, or paired t), candidate worse
     p_better: float | None = None
     p_adjusted: float | None = None  # p_worse (or p_better) after Benjamini-Hochberg
     verdict: Verdict = "insufficient"
     confirmed: bool | None = None  # set by a confirming rerun
+    method: Method = "mann-whitney"
 
     @property
     def name(self) -> str:
@@ -142,8 +161,35 @@ def _p_values(base: list[float], cand: list[float], better: str) -> tuple[float,
     return (lower, higher) if better == "higher" else (higher, lower)
 
 
+def _paired(out: Comparison, base: Metric, cand: Metric) -> None:
+    """Fill `out` from the rounds both sides have: the geometric mean of the per-round
+    ratios, its t-interval, one-sided t-tests of the log ratios."""
+    rounds = sorted(r for r in set(base.samples) & set(cand.samples) if base.samples[r] > 0)
+    logs = np.log([cand.samples[r] / base.samples[r] for r in rounds if cand.samples[r] > 0])
+    if len(logs) == 0:
+        out.verdict = "missing"
+        return
+    out.ratio = float(np.exp(logs.mean()))
+    if len(logs) < MIN_ROUNDS:
+        return
+    if np.ptp(logs) == 0:  # identical ratios in every round: no spread to test against
+        out.low = out.high = out.ratio
+        lower, higher = (1.0, 0.0) if logs[0] > 0 else (0.0, 1.0) if logs[0] < 0 else (1.0, 1.0)
+    else:
+        ci = ttest_1samp(logs, 0.0).confidence_interval(CONFIDENCE)
+        out.low, out.high = float(np.exp(ci.low)), float(np.exp(ci.high))
+        lower, higher = (
+            float(ttest_1samp(logs, 0.0, alternative=alt).pvalue) for alt in ("less", "greater")
+        )
+    out.p_worse, out.p_better = (lower, higher) if out.better == "higher" else (higher, lower)
+
+
 def compare_one(
-    base: Metric | None, cand: Metric | None, floor: float, seed: int = 0
+    base: Metric | None,
+    cand: Metric | None,
+    floor: float,
+    seed: int = 0,
+    paired: bool = False,
 ) -> Comparison:
     ref = cand or base
     assert ref is not None
@@ -159,6 +205,10 @@ def compare_one(
     if base is None or cand is None or not out.base or not out.cand:
         out.verdict = "missing"
         return out
+    if paired:
+        out.method = "paired-t"
+        _paired(out, base, cand)
+        return out
     out.ratio = statistics.median(out.cand) / statistics.median(out.base)
     if len(out.base) < MIN_ROUNDS or len(out.cand) < MIN_ROUNDS:
         return out
@@ -173,13 +223,17 @@ def compare(
     floors: Floors,
     accel: str,
     alpha: float = ALPHA,
+    paired: bool = False,
 ) -> list[Comparison]:
-    """Every metric of either side, paired by experiment and figure, with a verdict."""
+    """Every metric of either side, matched by experiment and figure, with a verdict;
+    `paired`: the two sides were measured round by round in one night."""
     by_key = {(m.experiment, m.figure): m for m in base}
     mine = {(m.experiment, m.figure): m for m in cand}
     keys = [*mine, *(k for k in by_key if k not in mine)]
     out = [
-        compare_one(by_key.get(k), mine.get(k), floors.floor(accel, k[1]), seed=i)
+        compare_one(
+            by_key.get(k), mine.get(k), floors.floor(accel, k[1], paired), seed=i, paired=paired
+        )
         for i, k in enumerate(keys)
     ]
     decide(out, alpha)
@@ -213,7 +267,7 @@ def screen(comparisons: list[Comparison], alpha: float = ALPHA) -> list[Comparis
     the interval beyond the floor. A lone change in a night's rounds alone cannot pass the
     corrected test with the nightly suite's 15 gated metrics (5 against 5, the smallest
     one-sided p is 0.004, times 15); the rerun's rounds join them and the corrected test
-    decides."""
+    decides. (A paired t-test has no such lower bound, but a rerun still confirms.)"""
     return [
         c
         for c in comparisons

@@ -70,17 +70,26 @@ def result_set(
     mono_factor: float = 1.0,
     spread: float = 0.03,
     drift: float = 1.0,
+    user_drift: list[float] | None = None,
     **meta_fields,
 ) -> dict:
     """kernel, mono and factored streams and rrs. `drift` scales every figure of the night
-    (the host got slower); `mono_factor` slows mono's throughput alone (and factored's, which
+    (the host got slower); `user_drift` scales the user-level paths' figures round by round
+    (the part of the host's swing that the ratio to the kernel does not cancel; two arms of
+    one night share it); `mono_factor` slows mono's throughput alone (and factored's, which
     runs the same code); `spread` is each round's noise."""
     rng = random.Random(seed)
+    swing = user_drift or [1.0] * rounds
     kernel = noisy(400 * drift, spread, rounds, rng)
-    mono = [k * 0.2 * mono_factor * (1 + rng.uniform(-spread, spread)) for k in kernel]
+    mono = [
+        k * 0.2 * mono_factor * s * (1 + rng.uniform(-spread, spread))
+        for k, s in zip(kernel, swing, strict=True)
+    ]
     factored = [m * 0.95 * (1 + rng.uniform(-spread, spread)) for m in mono]
     k_rr = noisy(1500 / drift, spread, rounds, rng)
-    m_rr = [k * 12 * (1 + rng.uniform(-spread, spread)) for k in k_rr]
+    m_rr = [
+        k * 12 / s * (1 + rng.uniform(-spread, spread)) for k, s in zip(k_rr, swing, strict=True)
+    ]
     return {
         "metadata": meta(**meta_fields),
         "results": [

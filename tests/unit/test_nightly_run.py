@@ -8,6 +8,7 @@ from pathlib import Path
 
 from junitparser import Failure, JUnitXml
 
+from host.bench import extend
 from host.nightly import history
 from host.nightly.outcome import FAULT, OK, REGRESSED, Outcome
 from host.nightly.run import Plan, _provisional, _rerun_names, confirm, finish
@@ -86,17 +87,17 @@ def test_suspects_are_rerun_and_their_rounds_decide(tmp_path: Path) -> None:
     base = result_set(seed=5)
     cand = result_set(seed=6, mono_factor=0.85)
     plan = Plan(configs=[], out=tmp_path / "out", baseline=[base], floors=FLOORS, history=None)
-    flagged = _provisional(cand, plan, lambda _m: None)
+    flagged = _provisional(cand, None, plan, lambda _m: None)
     assert "nightly/mono-stream" in flagged
     asked: list[tuple[list[str], int]] = []
 
-    def rerun(names: list[str], rounds: int) -> list[dict]:
+    def rerun(names: list[str], rounds: int) -> None:
         asked.append((names, rounds))
         more = result_set(seed=7, rounds=rounds, mono_factor=0.85)
         for rec in more["results"]:
             for run in rec["runs"]:
                 run["round"] += 5
-        return [rec for rec in more["results"] if rec["experiment"] in names]
+        extend(cand["results"], [rec for rec in more["results"] if rec["experiment"] in names])
 
     confirm(cand, flagged, 3, rerun, lambda _m: None)
     assert asked[0][1] == 3 and {"kernel-stream", "mono-stream"} <= set(asked[0][0])
