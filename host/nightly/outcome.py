@@ -108,13 +108,18 @@ class Outcome:
         }
 
 
+def _read(path: Path) -> object:
+    """A result file's JSON; errors name the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable result file: {err}") from err
+
+
 def load_sets(path: Path) -> list[dict]:
     """The result sets in a file: a nightly's results.json (several labs) or a bench result
     file (one); errors name the file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable result file: {err}") from err
+    data = _read(path)
     if isinstance(data, dict) and isinstance(data.get("labs"), list):
         return data["labs"]
     if isinstance(data, dict) and "metadata" in data and "results" in data:
@@ -125,10 +130,7 @@ def load_sets(path: Path) -> list[dict]:
 def load_same_night(path: Path) -> tuple[list[dict], list[dict]]:
     """The baseline and candidate sets of a nightly run made with a same-night baseline
     (`--baseline-rev`), from its results.json; errors name the file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable result file: {err}") from err
+    data = _read(path)
     if not isinstance(data, dict) or not isinstance(data.get("baseline_labs"), list):
         raise ValueError(f"{path}: not a nightly results.json with a same-night baseline")
     return data["baseline_labs"], data["labs"]
