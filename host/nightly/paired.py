@@ -42,12 +42,18 @@ def resolve(rev: str) -> str:
     if proc.returncode != 0 or not proc.stdout.strip():
         raise RevisionError(f"--baseline-rev {rev!r}: not a commit of {PROJECT_ROOT}")
     commit = proc.stdout.strip()
-    if not guest_tarball(commit):
+    has_guest = subprocess.run(
+        ["git", "cat-file", "-e", f"{commit}:guest"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        check=False,
+    )
+    if has_guest.returncode != 0:
         raise RevisionError(f"--baseline-rev {rev!r}: commit {commit[:10]} has no guest/ folder")
     return commit
 
 
-def guest_tarball(commit: str) -> bytes:
+def revision_tarball(commit: str) -> bytes:
     """`guest/` of `commit` as a gzipped tarball, straight from git (no folder on the host,
     so nothing is left behind however the run ends)."""
     proc = subprocess.run(

@@ -198,7 +198,7 @@ def _deployers(baseline_rev: str, guests: list) -> dict[str, Callable[[], None]]
     began (an edit during the run is not measured), or the revision's."""
     tarballs = {
         paired.CANDIDATE: guest_tarball(),
-        paired.BASELINE: paired.guest_tarball(baseline_rev),
+        paired.BASELINE: paired.revision_tarball(baseline_rev),
     }
 
     def deployer(arm: str) -> Callable[[], None]:

@@ -21,8 +21,8 @@ from host.nightly.paired import (
     CANDIDATE,
     RevisionError,
     arm_order,
-    guest_tarball,
     resolve,
+    revision_tarball,
     run_paired,
 )
 from host.nightly.run import Plan, _baseline_failures, finish
@@ -156,7 +156,7 @@ def test_a_revision_is_resolved_and_its_guest_code_comes_from_git() -> None:
         ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
     assert resolve("HEAD") == head
-    with tarfile.open(fileobj=io.BytesIO(guest_tarball(head)), mode="r:gz") as tar:
+    with tarfile.open(fileobj=io.BytesIO(revision_tarball(head)), mode="r:gz") as tar:
         names = tar.getnames()
         assert all(n == "guest" or n.startswith("guest/") for n in names)
         member = tar.extractfile("guest/stack/tcp/connection.py")
