@@ -588,7 +588,8 @@ def compare(c, a, b=None, floors=NOISE_FLOORS, out=None, allow_different=False, 
     nightly's statistics: a table, and an HTML page with --out. Exit 1 if B regressed.
 
     With A alone, a nightly results.json made with --baseline-rev: its two arms, paired
-    round by round (with --calibrate, of one commit: the same-night noise floors)."""
+    round by round (with --calibrate, of one commit: what the A/A night flagged and how far
+    each estimate strayed)."""
     from host.nightly.fingerprint import Incomparable
     from host.nightly.outcome import Outcome, compare_sets, load_same_night
     from host.nightly.pages import html, markdown
@@ -617,7 +618,8 @@ def compare(c, a, b=None, floors=NOISE_FLOORS, out=None, allow_different=False, 
     )
     console.print(markdown(outcome, out or "(no page: --out)"), highlight=False, markup=False)
     if out:
-        Path(out).write_text(html(outcome, title=f"compare {Path(a).name} -> {Path(b).name}"))
+        pair = f"{Path(a).name} -> {Path(b).name}" if b else f"{Path(a).name}, its two arms"
+        Path(out).write_text(html(outcome, title=f"compare {pair}"))
         _say(f"page: {out}")
     if calibrate and b is None:
         # Paired, the noise is in each interval already: what an A/A night shows is whether

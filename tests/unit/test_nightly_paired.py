@@ -178,6 +178,7 @@ def test_compare_takes_a_same_night_results_file_alone(tmp_path: Path) -> None:
     saved = tmp_path / "results.json"
     saved.write_text(json.dumps({"nightly": {}, "labs": [cand], "baseline_labs": [base]}))
     assert load_same_night(saved) == ([base], [cand])
+    page = tmp_path / "page.html"
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps({"nightly": {}, "labs": [cand]}))
     with pytest.raises(
@@ -185,7 +186,7 @@ def test_compare_takes_a_same_night_results_file_alone(tmp_path: Path) -> None:
     ):
         load_same_night(plain)
     proc = subprocess.run(
-        [sys.executable, "-m", "invoke", "compare", str(saved), "--calibrate"],
+        [sys.executable, "-m", "invoke", "compare", str(saved), "--calibrate", "--out", str(page)],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -195,6 +196,7 @@ def test_compare_takes_a_same_night_results_file_alone(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "A/A, paired: 0 gated metric(s) flagged" in proc.stdout + proc.stderr
     assert "measured in this night" in proc.stdout
+    assert "one-sided t-test of the rounds' log ratios" in page.read_text()
 
 
 def test_a_baseline_run_that_failed_is_a_fault_not_the_candidates_regression() -> None:
