@@ -18,7 +18,8 @@ baseline has the night's drift cancelled, and the test is a one-sided t-test of 
 log ratios (as pyperf compares), with the ratio their geometric mean and the interval the
 t-interval of it. A rank test of pairs (Wilcoxon) cannot go below p = 1/32 with 5 rounds, so
 no single metric could survive the correction; the floor is then the same-night floor
-(`ACCEL-paired` in the floors file), calibrated from same-night A/A runs.
+(`ACCEL-paired` in the floors file): the smallest change worth reporting, since the
+t-interval already carries the noise left between two adjacent runs.
 """
 
 from __future__ import annotations
