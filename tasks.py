@@ -340,7 +340,7 @@ def lab_sweep(c, lab=None, force=False):
     r = sweep(lab=lab, force=force)
     _say(
         f"domains destroyed: {r.domains or 'none'}; owners stopped: {r.owners_stopped or 'none'}"
-        f"; run folders removed: {len(r.run_dirs)}"
+        f"; run folders removed: {len(r.run_dirs)}; stale slot locks removed: {len(r.slot_locks)}"
     )
     if r.kept:
         _say(f"still running (left alone; --force stops them): {', '.join(r.kept)}")

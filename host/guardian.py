@@ -4,7 +4,8 @@ libvirt's AUTODESTROY kills the domains when the owner's connection closes, but 
 overlays, the lab key, the state file) would stay. The owner starts this guardian in its own
 session with a pipe on its stdin; when the pipe reaches EOF without the word `done` (the owner
 was SIGKILLed, crashed, or lost its terminal), the guardian destroys any domain tagged with the
-run and removes the run folder. Run as `python -m host.guardian RUN_DIR RUN_ID`.
+run, removes the run folder and the lab slot's lock file (the dead owner's flock is gone with it,
+the file is not). Run as `python -m host.guardian RUN_DIR RUN_ID SLOT_LOCK`.
 """
 
 from __future__ import annotations
@@ -12,15 +13,20 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+#: How long the guardian waits for the dead owner's slot lock to be released: the kernel closes
+#: a dying process's files one by one, so the pipe's EOF may come just before the lock's close.
+SLOT_RELEASE_WAIT_S = 5.0
 
 
 class Guardian:
     """The owner's handle on its guardian."""
 
-    def __init__(self, run_dir: Path, run_id: str):
+    def __init__(self, run_dir: Path, run_id: str, slot_lock: Path):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "host.guardian", str(run_dir), run_id],
+            [sys.executable, "-m", "host.guardian", str(run_dir), run_id, str(slot_lock)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -40,7 +46,7 @@ class Guardian:
 
 
 def main(argv: list[str]) -> int:
-    run_dir, run_id = Path(argv[0]), argv[1]
+    run_dir, run_id, slot_lock = Path(argv[0]), argv[1], Path(argv[2])
     said = sys.stdin.buffer.read()  # blocks until the owner writes `done` or dies
     if said.strip() == b"done":
         return 0
@@ -53,7 +59,16 @@ def main(argv: list[str]) -> int:
         conn.close()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+        _remove_slot_lock(slot_lock)
     return 0
+
+
+def _remove_slot_lock(path: Path) -> None:
+    from host.slots import remove_if_unheld
+
+    deadline = time.monotonic() + SLOT_RELEASE_WAIT_S
+    while path.exists() and not remove_if_unheld(path) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 if __name__ == "__main__":

@@ -252,7 +252,7 @@ class Lab:
         self._slot = allocate_slot(self.name, len(self.config.nodes))
         self._run_dir = self._claim_run_dir()
         run_id = uuid.uuid4().hex[:12]
-        self._guardian = Guardian(self._run_dir, run_id)
+        self._guardian = Guardian(self._run_dir, run_id, self._slot.path)
         key_path = self._run_dir / "id_ed25519"
         pubkey = generate_key(key_path)
         self.state = LabState(

@@ -82,6 +82,36 @@ def _still_linked(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
+def remove_if_unheld(path: Path) -> bool:
+    """Unlink a slot's lock file that no process holds, left by an owner that died without
+    releasing its slot (SIGKILL). The lock is taken first, so a live lab's file is never
+    removed; unlinking before closing, as `Slot.release` does, keeps `allocate_slot`'s
+    `_still_linked` check true for a lab that opened the file in between."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        if not _still_linked(fd, path):
+            return False
+        path.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)
+
+
+def remove_unheld_slots() -> list[Path]:
+    """Remove every slot lock file nobody holds; the paths removed."""
+    d = slots_dir()
+    if not d.is_dir():
+        return []
+    return [path for path in sorted(d.glob("*.lock")) if remove_if_unheld(path)]
+
+
 def allocate_slot(lab: str, nodes: int) -> Slot:
     """Take the first free slot, starting from the lab name's hash, whose SSH ports are free."""
     d = slots_dir()

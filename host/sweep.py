@@ -1,4 +1,5 @@
-"""Find and remove whatever any lab left behind, by tag: domains, keepers, run folders.
+"""Find and remove whatever any lab left behind, by tag: domains, keepers, run folders, slot
+lock files nobody holds.
 
 Domains are recognised by the stackbed tag in their libvirt <metadata>, whatever their name;
 run folders by their place in the host-wide runtime folder. A lab whose owner still runs is left
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 from host.lab import LabState
 from host.paths import labs_dir
+from host.slots import remove_unheld_slots
 from host.virt import connect, destroy_domain, tagged_domains
 
 
@@ -23,6 +25,7 @@ class SweepReport:
     domains: list[str] = field(default_factory=list)
     owners_stopped: list[int] = field(default_factory=list)
     run_dirs: list[str] = field(default_factory=list)
+    slot_locks: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
 
 
@@ -70,4 +73,6 @@ def sweep(lab: str | None = None, force: bool = False) -> SweepReport:
             report.domains.append(name)
     finally:
         conn.close()
+    # Any lab's: a lock file nobody holds belongs to no lab, whatever name it records.
+    report.slot_locks = [str(path) for path in remove_unheld_slots()]
     return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 
 import pytest
 
@@ -40,6 +41,60 @@ def test_a_release_between_open_and_flock_does_not_hand_out_a_slot_twice(monkeyp
     monkeypatch.setattr(slots.fcntl, "flock", flock)
     second = slots.allocate_slot("lab", 0)
     third = slots.allocate_slot("lab", 0)
+    try:
+        assert raced and second.number != third.number
+    finally:
+        second.release()
+        third.release()
+
+
+def _abandon(slot: slots.Slot) -> None:
+    """What SIGKILL does to an owner's slot: the lock goes with the process, the file stays."""
+    os.close(slot.fd)
+    slot.fd = -1
+
+
+def test_an_abandoned_slot_file_is_removed_and_a_held_one_kept():
+    held = slots.allocate_slot("live", 0)
+    dead = slots.allocate_slot("killed", 0)
+    _abandon(dead)
+    try:
+        assert slots.remove_unheld_slots() == [dead.path]
+        assert not dead.path.exists()
+        assert held.path.exists()
+        assert slots.remove_if_unheld(held.path) is False
+    finally:
+        held.release()
+
+
+def test_the_control_a_slot_file_left_alone_stays():
+    """Without the sweep an abandoned file is there for good: the removal above is not a
+    side effect of allocation or release."""
+    dead = slots.allocate_slot("killed", 0)
+    _abandon(dead)
+    other = slots.allocate_slot("other", 0)
+    other.release()
+    assert dead.path.exists()
+
+
+def test_a_removed_file_does_not_let_two_labs_share_its_slot(monkeypatch):
+    """The sweep removes an abandoned file just after a new lab opened it: the new lab must not
+    take the slot on the unlinked file (a third would take the same number on a fresh one)."""
+    dead = slots.allocate_slot("killed", 0)
+    _abandon(dead)
+    real_flock = fcntl.flock
+    raced = []
+
+    def flock(fd, op):
+        if not raced:
+            raced.append(True)
+            monkeypatch.setattr(slots.fcntl, "flock", real_flock)
+            assert slots.remove_if_unheld(dead.path)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(slots.fcntl, "flock", flock)
+    second = slots.allocate_slot("killed", 0)
+    third = slots.allocate_slot("killed", 0)
     try:
         assert raced and second.number != third.number
     finally:

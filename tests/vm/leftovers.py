@@ -6,7 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from host.paths import labs_dir
+from host.paths import labs_dir, slots_dir
 from host.slots import tcp_port_free
 from host.virt import connect, tagged_domains
 
@@ -29,6 +29,19 @@ def guardian_processes_of(run_dir: str) -> list[str]:
     return [line for line in out.splitlines() if "host.guardian" in line and run_dir in line]
 
 
+def slot_locks_of(lab: str) -> list[str]:
+    """Slot lock files that name `lab`: after its teardown, even an unheld one is a leak."""
+    found = []
+    for path in slots_dir().glob("*.lock"):
+        try:
+            words = path.read_text().split()
+        except FileNotFoundError:
+            continue
+        if words[:1] == [lab]:
+            found.append(str(path))
+    return found
+
+
 def leftovers(lab: str, ports: list[int], run_dir: str | None = None) -> dict[str, list]:
     """Everything still there for `lab`; an empty dict means a clean host."""
     found = {
@@ -38,6 +51,7 @@ def leftovers(lab: str, ports: list[int], run_dir: str | None = None) -> dict[st
         "run_dir": [str(labs_dir() / lab)] if (labs_dir() / lab).exists() else [],
         "guardians": guardian_processes_of(run_dir or str(labs_dir() / lab)),
         "overlays": [str(p) for p in Path(run_dir or labs_dir() / lab).glob("*.qcow2")],
+        "slot_locks": slot_locks_of(lab),
     }
     return {k: v for k, v in found.items() if v}
 
