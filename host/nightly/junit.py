@@ -14,7 +14,7 @@ from pathlib import Path
 
 from junitparser import Error, Failure, JUnitXml, Skipped, TestCase, TestSuite
 
-from host.nightly.stats import Comparison
+from host.nightly.stats import POWER, Comparison
 
 
 def _time(seconds: float) -> float:
@@ -43,10 +43,14 @@ def describe(c: Comparison) -> str:
 
 
 def _figures(c: Comparison) -> str:
-    return (
+    text = (
         f"baseline rounds: {', '.join(f'{v:.4g}' for v in c.base) or '-'}\n"
         f"candidate rounds: {', '.join(f'{v:.4g}' for v in c.cand) or '-'}\n"
     )
+    if c.gated and c.p_worse is not None:
+        text += f"smallest change for the worse this test could flag ({POWER:.0%} power): "
+        text += "none with these rounds\n" if c.detectable is None else f"{c.detectable:.0%}\n"
+    return text
 
 
 def benchmark_suite(

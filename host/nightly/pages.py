@@ -13,7 +13,7 @@ from host.nightly import fingerprint, plots
 from host.nightly.crosscheck import cross_check
 from host.nightly.junit import describe
 from host.nightly.outcome import FAULT, OK, Outcome
-from host.nightly.stats import ALPHA, CONFIDENCE, Comparison
+from host.nightly.stats import ALPHA, CONFIDENCE, POWER, Comparison
 from host.report import cell_text, figure_columns, path_label
 
 METHOD = (
@@ -53,6 +53,20 @@ def _num(value: float | None, ratio: bool = False) -> str:
     return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
+#: What the detectable column means, under the comparison table and in the summary.
+DETECTABLE_NOTE = (
+    f"detectable: the smallest change for the worse this night's test would have flagged with "
+    f"{POWER:.0%} power, given its spread, rounds and floor; 'none' when no change could pass "
+    "with these rounds. Below it, 'unchanged' means not seen, not absent."
+)
+
+
+def detectable_text(c: Comparison) -> str:
+    if not c.gated or c.p_worse is None:
+        return "-"
+    return "none" if c.detectable is None else f"{c.detectable:.0%}"
+
+
 def _comparison_row(c: Comparison) -> dict:
     verdict = VERDICT_TEXT[c.verdict]
     if c.verdict == "regressed" and not c.gated:
@@ -68,6 +82,7 @@ def _comparison_row(c: Comparison) -> dict:
         "ratio": _num(c.ratio, ratio=True) if ratio else "-",
         "interval": f"{c.low:.3f} - {c.high:.3f}" if c.low is not None else "-",
         "floor": f"{c.floor:.0%}",
+        "detectable": detectable_text(c),
         "p": _num(c.p_adjusted if c.p_adjusted is not None else c.p_worse, ratio=True),
         "verdict": c.verdict if c.gated or c.verdict != "regressed" else "unchanged",
         "verdict_text": verdict,
@@ -145,6 +160,7 @@ def html(outcome: Outcome, title: str = "nightly") -> str:
         method=PAIRED_METHOD.format(rev=outcome.baseline_rev[:12])
         if outcome.baseline_rev
         else METHOD,
+        detectable_note=DETECTABLE_NOTE,
         no_baseline="No baseline: the figures are recorded for the next run to compare with.",
         labs=[_lab_section(d, _same_lab(outcome.baseline, d)) for d in outcome.candidate],
         tool_version=(cand.get("git_commit") or "")[:10],
@@ -187,11 +203,15 @@ def markdown(outcome: Outcome, report_name: str = "report.html") -> str:
         lines.append("")
     gated = [c for c in outcome.comparisons if c.gated]
     if gated:
-        lines += ["| metric | ratio | 95% interval | verdict |", "|---|---:|---:|---|"]
+        lines += [
+            "| metric | ratio | 95% interval | detectable | verdict |",
+            "|---|---:|---:|---:|---|",
+        ]
         for c in gated:
             row = _comparison_row(c)
-            cells = (c.name, row["ratio"], row["interval"], row["verdict_text"])
+            cells = (c.name, row["ratio"], row["interval"], row["detectable"], row["verdict_text"])
             lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", DETECTABLE_NOTE]
     elif outcome.baseline is None:
         lines.append("No baseline given: figures recorded only.")
     return "\n".join(lines) + "\n"

@@ -29,7 +29,7 @@ from host.nightly import history, junit, pages, paired
 from host.nightly.fingerprint import Incomparable, digest, fingerprint
 from host.nightly.metrics import extract, kernel_reference
 from host.nightly.outcome import Outcome, Tier, compare_sets
-from host.nightly.stats import Floors, compare, screen
+from host.nightly.stats import Floors, compare, detectable, screen
 from host.paths import PROJECT_ROOT
 from host.ssh import GuestError, guest_tarball
 
@@ -323,6 +323,12 @@ def finish(outcome: Outcome, plan: Plan, progress: Progress) -> Outcome:
             for c in outcome.comparisons:
                 if c.gated and c.verdict == "regressed":
                     c.confirmed = c.experiment in confirmed
+            # What each metric not rerun could have shown had it been a suspect: its rounds
+            # and a rerun's (those rerun already have theirs).
+            tested = sum(1 for c in outcome.comparisons if c.gated and c.p_worse is not None)
+            for c in outcome.comparisons:
+                if c.gated and c.p_worse is not None and c.experiment not in confirmed:
+                    c.detectable = detectable(c, tested, extra_rounds=plan.confirm_rounds)
     out = plan.out
     results = out / "results.json"
     saved = {"nightly": outcome.as_dict(), "labs": outcome.candidate}

@@ -20,18 +20,27 @@ t-interval of it. A rank test of pairs (Wilcoxon) cannot go below p = 1/32 with 
 no single metric could survive the correction; the floor is then the same-night floor
 (`ACCEL-paired` in the floors file): the smallest change worth reporting, since the
 t-interval already carries the noise left between two adjacent runs.
+
+"Unchanged" is not "no regression": with a night's spread and rounds only changes above some
+size can be flagged. Each tested gated comparison says which (`detectable`): the smallest
+change for the worse that the screen and then the corrected test would flag with 80 % power,
+given its standard error and floor, so that a reader knows what a night could and could not
+have seen.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import yaml
-from scipy.stats import bootstrap, false_discovery_control, mannwhitneyu, ttest_1samp
+from scipy.special import comb
+from scipy.stats import bootstrap, false_discovery_control, mannwhitneyu, norm, t, ttest_1samp
 
 from host.nightly.metrics import Metric
 
@@ -40,6 +49,7 @@ Method = Literal["mann-whitney", "paired-t"]
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
+POWER = 0.8
 MIN_ROUNDS = 3
 RESAMPLES = 4000
 DEFAULT_FLOOR = 0.05
@@ -112,6 +122,13 @@ class Comparison:
     verdict: Verdict = "insufficient"
     confirmed: bool | None = None  # set by a confirming rerun
     method: Method = "mann-whitney"
+    #: Standard error of the log ratio (paired: of the rounds' mean; else from the bootstrap
+    #: interval's width), and its degrees of freedom (None: normal quantiles).
+    se_log: float | None = None
+    dof: int | None = None
+    #: The smallest change for the worse this test would flag with POWER (0.27: 27 %), set by
+    #: `decide` for the gated metrics; None where it cannot flag any with these rounds.
+    detectable: float | None = None
 
     @property
     def name(self) -> str:
@@ -179,6 +196,7 @@ def _paired(out: Comparison, base: Metric, cand: Metric) -> None:
     else:
         ci = ttest_1samp(logs, 0.0).confidence_interval(CONFIDENCE)
         out.low, out.high = float(np.exp(ci.low)), float(np.exp(ci.high))
+        out.se_log, out.dof = float(logs.std(ddof=1) / np.sqrt(len(logs))), len(logs) - 1
         lower, higher = (
             float(ttest_1samp(logs, 0.0, alternative=alt).pvalue) for alt in ("less", "greater")
         )
@@ -214,8 +232,53 @@ def compare_one(
     if len(out.base) < MIN_ROUNDS or len(out.cand) < MIN_ROUNDS:
         return out
     out.low, out.high = interval(out.base, out.cand, seed)
+    if out.low > 0 and out.high > out.low:
+        out.se_log = float(np.log(out.high / out.low) / (2 * norm.ppf((1 + CONFIDENCE) / 2)))
     out.p_worse, out.p_better = _p_values(out.base, out.cand, ref.better)
     return out
+
+
+def detectable(
+    c: Comparison, tested: int, alpha: float = ALPHA, extra_rounds: int = 0
+) -> float | None:
+    """The smallest change for the worse that `c`'s test would flag with POWER, one of
+    `tested` gated metrics; None if no change could pass with these rounds.
+
+    A change is flagged in two steps: the screen (`screen`: p below alpha, uncorrected, and
+    the interval beyond the floor) picks it with the rounds measured, then the corrected test
+    (alpha / tested: a lone change among the gated metrics, Benjamini-Hochberg's strictest)
+    must pass after the confirming rerun's `extra_rounds` joined (both arms when paired, the
+    candidate's alone night to night). Each step needs the estimate past its threshold; the
+    change must clear the higher one with POWER to spare."""
+    if c.se_log is None or c.se_log <= 0 or tested < 1:
+        return None
+    paired = c.method == "paired-t"
+    n_base, n_cand = (c.dof + 1, c.dof + 1) if paired and c.dof else (len(c.base), len(c.cand))
+    if paired:
+        later = n_cand + extra_rounds
+        se_later = c.se_log * np.sqrt(n_cand / later)
+        quantile_now, quantile_later = partial(t.ppf, df=n_cand - 1), partial(t.ppf, df=later - 1)
+    else:
+        later = n_cand + extra_rounds
+        se_later = c.se_log * np.sqrt((1 / n_base + 1 / later) / (1 / n_base + 1 / n_cand))
+        quantile_now = quantile_later = norm.ppf
+        # The exact rank test's smallest one-sided p: every candidate round beyond every
+        # baseline round.
+        if 1 / comb(n_base + n_cand, n_cand) >= alpha:
+            return None
+        if 1 / comb(n_base + later, later) >= alpha / tested:
+            return None
+    floor_log = -np.log(1 - c.floor) if c.better == "higher" else np.log(1 + c.floor)
+
+    def threshold(se: float, level: float, quantile: Callable[[float], float]) -> float:
+        return max(floor_log + quantile((1 + CONFIDENCE) / 2) * se, quantile(1 - level) * se)
+
+    needed = max(
+        threshold(c.se_log, alpha, quantile_now),
+        threshold(se_later, alpha / tested, quantile_later),
+    )
+    shift = needed + quantile_now(POWER) * c.se_log
+    return float(1 - np.exp(-shift) if c.better == "higher" else np.exp(shift) - 1)
 
 
 def compare(
@@ -244,13 +307,16 @@ def compare(
 def decide(comparisons: list[Comparison], alpha: float = ALPHA) -> None:
     """Set each tested comparison's verdict. The gated ones' p-values are adjusted together
     (Benjamini-Hochberg); a figure shown but not gated keeps its own p-value, and its verdict
-    only says which way it moved."""
+    only says which way it moved. The gated ones' detectable change counts no rerun (the
+    nightly, which knows its rerun, sets it again)."""
     tested = [c for c in comparisons if c.p_worse is not None]
     gated = [c for c in tested if c.gated]
     shown = [c for c in tested if not c.gated]
     worse = false_discovery_control([c.p_worse for c in gated], method="bh") if gated else []
     better = false_discovery_control([c.p_better for c in gated], method="bh") if gated else []
     pairs = [(c, float(w), float(b)) for c, w, b in zip(gated, worse, better, strict=True)]
+    for c in gated:
+        c.detectable = detectable(c, len(gated), alpha)
     pairs += [(c, c.p_worse, c.p_better) for c in shown]
     for c, p_worse, p_better in pairs:
         if p_worse < alpha and c.beyond_floor("worse"):
