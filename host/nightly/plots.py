@@ -43,7 +43,13 @@ def ratios_svg(comparisons: list[Comparison]) -> str | None:
         ax.fill_betweenx([y - 0.4, y + 0.4], 1 - c.floor, 1 + c.floor, color="#90a4ae", alpha=0.25)
     ax.axvline(1.0, color="k", linewidth=0.8)
     ax.set_yticks(range(len(rows)), [c.name for c in reversed(rows)], fontsize=8)
-    ax.set_xlabel("candidate / baseline (median, 95% bootstrap interval; band: noise floor)")
+    paired = any(c.method == "paired-t" for c in rows)
+    estimate = (
+        "geometric mean of the rounds' ratios, 95% t-interval"
+        if paired
+        else "ratio of medians, 95% bootstrap interval"
+    )
+    ax.set_xlabel(f"candidate / baseline ({estimate}; band: noise floor)")
     ax.set_title("Compared with the baseline (filled: gated; hollow: shown only)")
     fig.tight_layout()
     return svg(fig)
