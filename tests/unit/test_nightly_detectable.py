@@ -31,6 +31,18 @@ def flagged(seed: int, rounds: int, spread: float, factor: float) -> tuple[bool,
     return c.verdict == "regressed", c.detectable
 
 
+def night_to_night(rounds: int, metrics: int) -> list:
+    """`metrics` gated metrics of two nights (no change), compared night to night."""
+    nights = [night(seed, rounds, 0.1, 1.0) for seed in range(metrics)]
+    base = [
+        Metric(f"lab/e{i}", b.figure, b.better, True, b.samples) for i, (b, _) in enumerate(nights)
+    ]
+    cand = [
+        Metric(f"lab/e{i}", c.figure, c.better, True, c.samples) for i, (_, c) in enumerate(nights)
+    ]
+    return compare(base, cand, FLOORS, "tcg")
+
+
 def test_a_slowdown_of_the_detectable_size_is_flagged_about_as_often_as_promised() -> None:
     """The figure is a power calculation: seeded nights with exactly that slowdown in them
     must be flagged about POWER of the time, and nights with half of it much less often."""
@@ -57,14 +69,7 @@ def test_more_rounds_and_less_spread_see_smaller_changes() -> None:
 def test_a_rank_test_that_cannot_reach_significance_says_so() -> None:
     """Night to night with 3 rounds a side and 15 gated metrics, the smallest one-sided p of
     the exact rank test (1/20) cannot pass the correction: no change could be flagged."""
-    metrics = [night(seed, 3, 0.1, 1.0) for seed in range(15)]
-    base = [
-        Metric(f"lab/e{i}", b.figure, b.better, True, b.samples) for i, (b, _) in enumerate(metrics)
-    ]
-    cand = [
-        Metric(f"lab/e{i}", c.figure, c.better, True, c.samples) for i, (_, c) in enumerate(metrics)
-    ]
-    comparisons = compare(base, cand, FLOORS, "tcg")
+    comparisons = night_to_night(rounds=3, metrics=15)
     assert all(c.p_worse is not None and c.detectable is None for c in comparisons)
 
 
@@ -82,14 +87,7 @@ def test_the_summary_gives_each_gated_metric_its_detectable_change() -> None:
 def test_a_confirming_rerun_counts_for_what_the_night_to_night_test_can_see() -> None:
     """5 rounds a side against 15 gated metrics: the corrected rank test alone cannot pass
     (its smallest p, 1/252, times 15 is above 0.05), but a suspect gets 3 more rounds."""
-    metrics = [night(seed, 5, 0.1, 1.0) for seed in range(15)]
-    base = [
-        Metric(f"lab/e{i}", b.figure, b.better, True, b.samples) for i, (b, _) in enumerate(metrics)
-    ]
-    cand = [
-        Metric(f"lab/e{i}", c.figure, c.better, True, c.samples) for i, (_, c) in enumerate(metrics)
-    ]
-    comparisons = compare(base, cand, FLOORS, "tcg")
+    comparisons = night_to_night(rounds=5, metrics=15)
     assert all(c.detectable is None for c in comparisons)
     with_rerun = [detectable(c, 15, extra_rounds=3) for c in comparisons]
     assert all(d is not None and 0.05 < d < 0.6 for d in with_rerun), with_rerun
