@@ -10,6 +10,7 @@ confinement shows the attacks are real: there they get through.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -235,3 +236,26 @@ def _zombie_free(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return "python" not in status.split("\n", 1)[0]
+
+
+@pytest.mark.parametrize("confine", [True, False], ids=["confined", "unconfined"])
+def test_a_launcher_killed_outright_takes_its_domains_with_it(
+    pair: VethPair, tmp_path: Path, confine: bool
+) -> None:
+    """SIGKILL of the launcher (a caller's timeout does that) runs none of its stopping code:
+    its domains must still end, or an orphaned protocol domain would keep answering on the
+    NIC (with a reset, for a port the next stack listens on)."""
+    stack = Stack(pair, str(tmp_path / "stack.sock"), *([] if confine else ["--no-confine"]))
+    try:
+        stack.proc.kill()
+        stack.proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(map(_zombie_free, stack.pids.values())):
+            time.sleep(0.1)
+        left = [pid for pid in stack.pids.values() if not _zombie_free(pid)]
+        assert not left, f"domains still running after their launcher died: {left}"
+    finally:
+        for pid in stack.pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        stack.close()

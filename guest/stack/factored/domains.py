@@ -126,6 +126,7 @@ def fork_domain(role: str, body: Callable[[int], None], keep: list[int]) -> Doma
     """Fork a domain running `body(status_fd)`; the child closes every inherited fd but stdin,
     stdout (pointed at stderr: stdout is the launcher's), stderr, its status pipe and `keep`."""
     r, w = os.pipe2(os.O_CLOEXEC)
+    launcher = os.getpid()
     pid = os.fork()
     if pid:
         os.close(w)
@@ -133,6 +134,7 @@ def fork_domain(role: str, body: Callable[[int], None], keep: list[int]) -> Doma
         return Domain(role, pid, r)
     code = 1
     try:
+        sandbox.die_with_parent(launcher)
         os.close(r)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when to stop
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -193,6 +193,7 @@ SECCOMP_DATA_ARCH: Final = 4
 SECCOMP_DATA_ARGS: Final = 16
 
 # --- linux/prctl.h, asm-generic/ioctls.h -----------------------------------------------------
+PR_SET_PDEATHSIG: Final = 1
 PR_GET_SECCOMP: Final = 21
 PR_SET_SECCOMP: Final = 22
 PR_SET_NO_NEW_PRIVS: Final = 38
@@ -361,6 +362,16 @@ def _proc_status() -> dict[str, str]:
         return {k: v.strip() for k, _, v in (line.partition(":") for line in f)}
 
 
+def die_with_parent(parent: int) -> None:
+    """Be SIGKILLed when the process that forked this one dies (prctl PR_SET_PDEATHSIG), and
+    exit now if `parent` is gone already: a launcher killed outright runs none of its stopping
+    code, and a domain outliving it would keep running on the NIC. A change of credentials
+    clears the setting, so `confine` sets it again after its drop."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _drop_privileges(uid: int, gid: int) -> dict[str, int]:
     """`drop_privileges`, returning the capability sets it verified (for `confine`'s report)."""
     if uid <= 0 or gid <= 0:
@@ -476,7 +487,9 @@ def confine(uid: int, gid: int, policy: Policy) -> dict[str, object]:
             f"confine needs a single-threaded process ({threads} threads): PR_SET_SECCOMP would "
             "leave the other threads unconfined"
         )
+    parent = os.getppid()
     caps = _drop_privileges(uid, gid)
+    die_with_parent(parent)  # the drop cleared it
     install_filter(program)
     return {
         "uid": uid,
