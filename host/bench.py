@@ -398,7 +398,8 @@ def _record(exp: ExperimentConfig, path: RoutePath, runs: list[dict], impairment
     }
 
 
-def _git(*args: str) -> str | None:
+def git_output(*args: str) -> str | None:
+    """What `git ARGS` prints in this checkout, stripped; None if git fails or is missing."""
     try:
         return subprocess.run(
             ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
@@ -427,8 +428,8 @@ def source_revision() -> dict:
     """The tree's commit and whether it has uncommitted changes, taken when its guest code is
     deployed: a commit made while the rounds run did not run."""
     return {
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain")),
+        "git_commit": git_output("rev-parse", "HEAD"),
+        "git_dirty": bool(git_output("status", "--porcelain")),
     }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 
-from host.bench import extend
+from host.bench import extend, git_output
 from host.paths import PROJECT_ROOT
 from host.ssh import GuestError
 
@@ -32,23 +32,10 @@ class RevisionError(ValueError):
 
 def resolve(rev: str) -> str:
     """The full commit `rev` names in this repository, or RevisionError saying why not."""
-    proc = subprocess.run(
-        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0 or not proc.stdout.strip():
+    commit = git_output("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if not commit:
         raise RevisionError(f"--baseline-rev {rev!r}: not a commit of {PROJECT_ROOT}")
-    commit = proc.stdout.strip()
-    has_guest = subprocess.run(
-        ["git", "cat-file", "-e", f"{commit}:guest"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        check=False,
-    )
-    if has_guest.returncode != 0:
+    if git_output("cat-file", "-e", f"{commit}:guest") is None:
         raise RevisionError(f"--baseline-rev {rev!r}: commit {commit[:10]} has no guest/ folder")
     return commit
 
