@@ -252,13 +252,13 @@ def detectable(
     change must clear the higher one with POWER to spare."""
     if c.se_log is None or c.se_log <= 0 or tested < 1:
         return None
-    paired = c.method == "paired-t"
-    n_base, n_cand = (c.dof + 1, c.dof + 1) if paired and c.dof else (len(c.base), len(c.cand))
-    if paired:
-        later = n_cand + extra_rounds
-        se_later = c.se_log * np.sqrt(n_cand / later)
-        quantile_now, quantile_later = partial(t.ppf, df=n_cand - 1), partial(t.ppf, df=later - 1)
+    if c.method == "paired-t" and c.dof is not None:
+        pairs = c.dof + 1
+        later = pairs + extra_rounds
+        se_later = c.se_log * np.sqrt(pairs / later)
+        quantile_now, quantile_later = partial(t.ppf, df=c.dof), partial(t.ppf, df=later - 1)
     else:
+        n_base, n_cand = len(c.base), len(c.cand)
         later = n_cand + extra_rounds
         se_later = c.se_log * np.sqrt((1 / n_base + 1 / later) / (1 / n_base + 1 / n_cand))
         quantile_now = quantile_later = norm.ppf
