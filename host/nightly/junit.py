@@ -42,14 +42,21 @@ def describe(c: Comparison) -> str:
     return text
 
 
+def detectable_text(c: Comparison) -> str:
+    """A gated, tested metric's detectable change ("27%", or "none" when no change could
+    pass with its rounds); "-" for the others."""
+    if not c.gated or c.p_worse is None:
+        return "-"
+    return "none" if c.detectable is None else f"{c.detectable:.0%}"
+
+
 def _figures(c: Comparison) -> str:
     text = (
         f"baseline rounds: {', '.join(f'{v:.4g}' for v in c.base) or '-'}\n"
         f"candidate rounds: {', '.join(f'{v:.4g}' for v in c.cand) or '-'}\n"
     )
-    if c.gated and c.p_worse is not None:
-        text += f"smallest change for the worse this test could flag ({POWER:.0%} power): "
-        text += "none with these rounds\n" if c.detectable is None else f"{c.detectable:.0%}\n"
+    if (size := detectable_text(c)) != "-":
+        text += f"smallest change for the worse this test could flag ({POWER:.0%} power): {size}\n"
     return text
 
 

@@ -11,7 +11,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from host.experiments import EXPERIMENT_TYPES
 from host.nightly import fingerprint, plots
 from host.nightly.crosscheck import cross_check
-from host.nightly.junit import describe
+from host.nightly.junit import describe, detectable_text
 from host.nightly.outcome import FAULT, OK, Outcome
 from host.nightly.stats import ALPHA, CONFIDENCE, POWER, Comparison
 from host.report import cell_text, figure_columns, path_label
@@ -59,12 +59,6 @@ DETECTABLE_NOTE = (
     f"{POWER:.0%} power, given its spread, rounds and floor; 'none' when no change could pass "
     "with these rounds. Below it, 'unchanged' means not seen, not absent."
 )
-
-
-def detectable_text(c: Comparison) -> str:
-    if not c.gated or c.p_worse is None:
-        return "-"
-    return "none" if c.detectable is None else f"{c.detectable:.0%}"
 
 
 def _comparison_row(c: Comparison) -> dict:
