@@ -15,6 +15,29 @@ def _runtime_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("STACKBED_RUNTIME_DIR", str(tmp_path))
 
 
+def _race_at_flock(lab: str, unlink, monkeypatch) -> tuple[list, bool]:
+    """Run `unlink` (something that unlinks the first slot's lock file) just after the next
+    lab named `lab` opened that file and just before it takes the lock, then allocate that
+    lab and a third: what `unlink` returned (once it ran), and whether the two labs got
+    different slots."""
+    real_flock = fcntl.flock
+    raced: list = []
+
+    def flock(fd, op):
+        monkeypatch.setattr(slots.fcntl, "flock", real_flock)  # once; `unlink` may lock too
+        raced.append(unlink())
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(slots.fcntl, "flock", flock)
+    second = slots.allocate_slot(lab, 0)
+    third = slots.allocate_slot(lab, 0)
+    try:
+        return raced, second.number != third.number
+    finally:
+        second.release()
+        third.release()
+
+
 def test_two_live_labs_get_different_slots():
     a, b = slots.allocate_slot("same-name", 0), slots.allocate_slot("same-name", 0)
     try:
@@ -29,23 +52,8 @@ def test_a_release_between_open_and_flock_does_not_hand_out_a_slot_twice(monkeyp
     that file and just before it takes the lock: the new lab must not take the slot on the
     unlinked file, or a third lab would create a fresh file and take the same slot too."""
     holder = slots.allocate_slot("lab", 0)
-    real_flock = fcntl.flock
-    raced = []
-
-    def flock(fd, op):
-        if not raced:
-            raced.append(True)
-            holder.release()
-        return real_flock(fd, op)
-
-    monkeypatch.setattr(slots.fcntl, "flock", flock)
-    second = slots.allocate_slot("lab", 0)
-    third = slots.allocate_slot("lab", 0)
-    try:
-        assert raced and second.number != third.number
-    finally:
-        second.release()
-        third.release()
+    raced, distinct = _race_at_flock("lab", holder.release, monkeypatch)
+    assert raced and distinct
 
 
 def _abandon(slot: slots.Slot) -> None:
@@ -82,21 +90,7 @@ def test_a_removed_file_does_not_let_two_labs_share_its_slot(monkeypatch):
     take the slot on the unlinked file (a third would take the same number on a fresh one)."""
     dead = slots.allocate_slot("killed", 0)
     _abandon(dead)
-    real_flock = fcntl.flock
-    raced = []
-
-    def flock(fd, op):
-        if not raced:
-            raced.append(True)
-            monkeypatch.setattr(slots.fcntl, "flock", real_flock)
-            assert slots.remove_if_unheld(dead.path)
-        return real_flock(fd, op)
-
-    monkeypatch.setattr(slots.fcntl, "flock", flock)
-    second = slots.allocate_slot("killed", 0)
-    third = slots.allocate_slot("killed", 0)
-    try:
-        assert raced and second.number != third.number
-    finally:
-        second.release()
-        third.release()
+    raced, distinct = _race_at_flock(
+        "killed", lambda: slots.remove_if_unheld(dead.path), monkeypatch
+    )
+    assert raced == [True] and distinct
