@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from guest.stack.factored import sandbox
 from guest.traffic.appdomain import APP_UID, AppDomainError, run_confined
 from guest.traffic.metrics import read_proc_stat
+from host.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.skipif(sandbox.supported() is not None, reason=str(sandbox.supported()))
 
@@ -76,3 +82,32 @@ def test_a_crash_in_the_domain_is_reported() -> None:
 
     with pytest.raises(AppDomainError, match=r"died \(killed by signal SIGSEGV\)"):
         run_confined(workload)
+
+
+TOOL = """
+import os, sys, time
+from guest.traffic.appdomain import run_confined
+def workload():
+    time.sleep(60)  # a confined domain may sleep; it must not outlive the tool
+    return {}
+run_confined(workload, on_fork=lambda pid: print(pid, flush=True))
+"""
+
+
+def test_a_tool_killed_outright_takes_its_application_domain_with_it() -> None:
+    """The domain asks for SIGKILL when the tool dies; confine's privilege drop clears that
+    request, so it must be made again after the drop (sandbox.confine does)."""
+    tool = subprocess.Popen(
+        [sys.executable, "-c", TOOL], stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT
+    )
+    domain = int(tool.stdout.readline())
+    time.sleep(0.5)  # past the drop: confined, sleeping
+    tool.kill()
+    tool.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{domain}").exists():
+        time.sleep(0.05)
+    alive = Path(f"/proc/{domain}").exists()
+    if alive:
+        os.kill(domain, signal.SIGKILL)
+    assert not alive, "the application domain outlived its tool"
