@@ -16,7 +16,6 @@ cannot open files, so it cannot import either.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -31,8 +30,6 @@ from .metrics import read_proc_stat
 
 #: The application domain's uid and gid: an unused system id, next to the stack's domains.
 APP_UID = 64903
-PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 class AppDomainError(Exception):
@@ -64,10 +61,11 @@ def run_confined(
     r, w = os.pipe2(os.O_CLOEXEC)
     sys.stdout.flush()
     sys.stderr.flush()
+    tool = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child's coverage is the parent's checks
         os.close(r)
-        _child(workload, uid, w)
+        _child(workload, uid, w, tool)
     os.close(w)
     try:
         if on_fork is not None:
@@ -86,13 +84,11 @@ def run_confined(
     return report["result"], report["domain"]
 
 
-def _child(workload: Callable[[], dict], uid: int, w: int) -> None:
+def _child(workload: Callable[[], dict], uid: int, w: int, tool: int) -> None:
     code = 1
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # never outlive the tool
-        if os.getppid() == 1:
-            os._exit(1)  # the parent died before the line above
+        sandbox.die_with_parent(tool)  # never outlive the tool
         info = {"confined": True, **sandbox.confine(uid, uid, sandbox.APP)}
         report: dict[str, Any] = {"result": workload(), "domain": info}
         code = 0
