@@ -9,7 +9,8 @@ the same frame-by-frame fate: frame k of every transfer is lost or not alike. Lo
 rounds are interleaved (round 1 at every rate, then round 2, ...), so a host that slows down
 during the run slows every sender alike. Each transfer is checked byte for byte (sha256 at
 both ends). What it answers: how much longer our sender needs than Linux at each loss rate,
-and why (its retransmissions, timeouts and recoveries, the relay's count of what was lost).
+and why (its retransmissions, timeouts and recoveries, the relay's count of what was lost;
+for Linux the same from the sender namespace's kernel counters).
 
 Prints one JSON line per transfer on stderr as it goes, then a table and the whole result as
 one JSON line on stdout. Needs root, iproute2 and ethtool.
@@ -56,7 +57,44 @@ STACK_COUNTERS = (
     "tcp.tlp_repairs",
     "tcp.rack_lost",
 )
+#: The kernel's counters a Linux row keeps (/proc/net/netstat and snmp of the sender's
+#: namespace, which are per namespace): the same questions asked of Linux.
+KERNEL_COUNTERS = (
+    "Tcp.RetransSegs",
+    "TcpExt.TCPTimeouts",
+    "TcpExt.TCPLossProbes",
+    "TcpExt.TCPLossProbeRecovery",
+    "TcpExt.TCPSackRecovery",
+    "TcpExt.TCPFastRetrans",
+    "TcpExt.TCPLostRetransmit",
+    "TcpExt.TCPSlowStartRetrans",
+)
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def parse_snmp(text: str) -> dict[str, int]:
+    """`/proc/net/netstat` or `/proc/net/snmp` as {"TcpExt.TCPTimeouts": n, ...}: each group
+    is a line of names followed by a line of values, both prefixed with the group."""
+    counters: dict[str, int] = {}
+    lines = text.splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        group, _, keys = names.partition(":")
+        group2, _, numbers = values.partition(":")
+        if group != group2:
+            raise ValueError(f"unpaired lines for {group!r} and {group2!r}")
+        for key, number in zip(keys.split(), numbers.split(), strict=True):
+            counters[f"{group}.{key}"] = int(number)
+    return counters
+
+
+def kernel_counters(ns: str) -> dict[str, int]:
+    """The TCP counters of namespace `ns`'s kernel, now."""
+    text = subprocess.run(
+        ns_cmd(ns, ["cat", "/proc/net/snmp", "/proc/net/netstat"]),
+        capture_output=True, text=True, check=True, timeout=10,
+    ).stdout  # fmt: skip
+    counters = parse_snmp(text)
+    return {k: counters.get(k, 0) for k in KERNEL_COUNTERS}
 
 
 def _start(ns: str, module: str, *args: str, cpu: int | None) -> subprocess.Popen[str]:
@@ -164,6 +202,7 @@ def transfer(
         sink = _start(chain.ns_b, "guest.traffic", "sink", "--port", str(PORT), cpu=cpu)
         procs.append(sink)
         _event(sink, "listening", stderr=True)
+        before = kernel_counters(chain.ns_a) if stack is None else None
         source = _start(
             chain.ns_a, "guest.traffic", "source", *path, "--peer", SINK_ADDR, "--port",
             str(PORT), "--bytes", str(args.bytes), "--seed", str(seed), cpu=cpu,
@@ -171,6 +210,10 @@ def transfer(
         procs.append(source)
         sent = _final(source, TRANSFER_TIMEOUT_S)
         got = _final(sink, 30)
+        kernel = None
+        if before is not None:
+            after = kernel_counters(chain.ns_a)
+            kernel = {k: after[k] - before[k] for k in KERNEL_COUNTERS}
         if sent.get("error") or got.get("error"):
             raise RuntimeError(f"{sender} at {loss} %: {sent.get('error') or got.get('error')}")
         if not (sent["bytes"] == got["bytes"] == args.bytes and sent["sha256"] == got["sha256"]):
@@ -192,7 +235,26 @@ def transfer(
         row["linux_cc"] = sent["tcp_congestion"]  # what the kernel says it used
     if counters:
         row["stack"] = {k: counters[k] for k in STACK_COUNTERS if k in counters}
+    if kernel is not None:
+        row["kernel"] = kernel
     return row
+
+
+#: A row's retransmission timeouts and tail loss probes, from its own stack's counters.
+_TIMEOUTS = {"stack": "tcp.timeouts", "kernel": "TcpExt.TCPTimeouts"}
+_PROBES = {"stack": "tcp.tlp_probes", "kernel": "TcpExt.TCPLossProbes"}
+
+
+def _count(row: dict[str, Any], names: dict[str, str]) -> int | None:
+    for source, name in names.items():
+        if name in row.get(source, {}):
+            return row[source][name]
+    return None
+
+
+def _median_of(rows: Sequence[dict[str, Any]], names: dict[str, str]) -> float | None:
+    values = [v for r in rows if (v := _count(r, names)) is not None]
+    return statistics.median(values) if values else None
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -206,6 +268,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for sender, seconds in medians.items():
             linux = medians.get("linux")
+            mine = [r for r in at if r["sender"] == sender]
             out.append(
                 {
                     "loss_percent": loss,
@@ -213,21 +276,26 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     "median_s": round(seconds, 4),
                     "of_linux": round(seconds / linux, 2) if linux else None,
                     "rounds": sum(1 for r in at if r["sender"] == sender),
-                    "resent_on_wire": statistics.median(
-                        r["resent_on_wire"] for r in at if r["sender"] == sender
-                    ),
+                    "resent_on_wire": statistics.median(r["resent_on_wire"] for r in mine),
+                    "timeouts": _median_of(mine, _TIMEOUTS),
+                    "probes": _median_of(mine, _PROBES),
                 }
             )
     return out
 
 
 def _table(summary: Sequence[dict[str, Any]]) -> str:
-    lines = [f"{'loss':>5} {'sender':9} {'median s':>9} {'x Linux':>8} {'resent':>7}"]
+    lines = [
+        f"{'loss':>5} {'sender':9} {'median s':>9} {'x Linux':>8} {'resent':>7} {'RTOs':>5} "
+        f"{'probes':>6}"
+    ]
     for s in summary:
         ratio = "" if s["of_linux"] is None else f"{s['of_linux']:.2f}"
+        rtos = "" if s["timeouts"] is None else f"{s['timeouts']:g}"
+        probes = "" if s["probes"] is None else f"{s['probes']:g}"
         lines.append(
             f"{s['loss_percent']:>4g}% {s['sender']:9} {s['median_s']:9.3f} {ratio:>8} "
-            f"{s['resent_on_wire']:7g}"
+            f"{s['resent_on_wire']:7g} {rtos:>5} {probes:>6}"
         )
     return "\n".join(lines)
 

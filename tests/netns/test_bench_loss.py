@@ -38,4 +38,7 @@ def test_the_loss_bench_runs_and_checks_every_transfer() -> None:
     assert all(r["lost"] > 0 and r["resent_on_wire"] > 0 for r in lossy)
     mono = next(r for r in lossy if r["sender"] == "mono")
     assert mono["stack"]["tcp.rack_lost"] > 0
+    # Linux's own counters, from the sender's namespace only: it resent at 3 %, not at 0 %.
+    linux = {r["loss_percent"]: r["kernel"] for r in rows if r["sender"] == "linux"}
+    assert linux[3]["Tcp.RetransSegs"] > 0 == linux[0]["Tcp.RetransSegs"]
     assert "x Linux" in out.stdout
