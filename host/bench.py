@@ -14,10 +14,11 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from host import linkbuf
 from host.capture import Bounds, Capture, CaptureError, CaptureResult
 from host.config import ExperimentConfig, LabConfig, LinkConfig
 from host.experiments import EXPERIMENT_TYPES, BenchError, Target
@@ -208,6 +209,19 @@ def impairments_in_force(config: LabConfig, exp: ExperimentConfig, path: RoutePa
     return out
 
 
+def link_sockets(state: LabState, links: Iterable[str]) -> list[tuple[str, int]]:
+    """The host sockets that carry `links`, both ends (host.linkbuf); none for a lab brought
+    up by a tree that did not record them."""
+    wanted = set(links)
+    out = []
+    for node in state.nodes:
+        for nic in node.nics:
+            if nic["link"] in wanted and "udp" in nic:
+                addr, _, port = nic["udp"].rpartition(":")
+                out.append((addr, int(port)))
+    return out
+
+
 def _summary(runs: list[dict]) -> dict:
     """Median of each numeric figure over the runs (rounds and repeats; one run gives the value)."""
     keys = [
@@ -304,9 +318,14 @@ def run_experiments(
                                     stack.enter_context(Capture(state, link, out, bounds))
                                 )
                         forwarding = stack.enter_context(forwarded(mode, transits[i]))
+                        sockets = link_sockets(state, path.links)
+                        before = linkbuf.drops(sockets)
                         run = EXPERIMENT_TYPES[exp.type].run(
                             replace(target, peer_ip=forwarding.entry)
                         )
+                        if sockets:
+                            after = linkbuf.drops(sockets)
+                            run["link_drops"] = sum(after.get(k, n) - n for k, n in before.items())
                 except (BenchError, GuestError, CaptureError) as err:
                     run = {"error": str(err), "error_kind": EXPERIMENT}
                     if health is not None:
@@ -451,6 +470,9 @@ def metadata(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(revision or source_revision()),
         "accel": state.accel,
+        # The links' host socket buffers (host.linkbuf): None means the host's default, with
+        # which a TCG guest's links drop frames under load.
+        "link_rcvbuf": state.link_rcvbuf,
         "host": {
             "kernel": platform.release(),
             "machine": platform.machine(),

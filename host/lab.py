@@ -24,6 +24,7 @@ from pathlib import Path
 
 import libvirt
 
+from host import linkbuf
 from host.config import LabConfig
 from host.domain import Nic, NodeSpec, domain_xml
 from host.guardian import Guardian
@@ -81,6 +82,8 @@ class LabState:
     created: float
     nodes: list[NodeState]
     guest_kernel: str | None = None
+    #: Receive buffer of the links' host sockets (host.linkbuf); None: the host's default.
+    link_rcvbuf: int | None = None
 
     def save(self) -> None:
         path = Path(self.run_dir) / "state.json"
@@ -303,6 +306,7 @@ class Lab:
                             "mac": n.mac,
                             "model": n.model,
                             "mtu": n.mtu,
+                            "udp": linkbuf.endpoint_text(n.local),
                         }
                         for n in spec.nics
                     ],
@@ -320,6 +324,7 @@ class Lab:
                     domain_xml(spec), libvirt.VIR_DOMAIN_START_AUTODESTROY
                 )
             started[spec.node] = time.monotonic()
+        self._enlarge_link_buffers([n.local for spec in specs for n in spec.nics])
         deadline = time.monotonic() + boot_timeout(accel, len(specs))
 
         def ready(node: NodeState) -> None:
@@ -340,6 +345,24 @@ class Lab:
         self.state.save()
         self.progress(f"lab {self.name} up in {time.monotonic() - t0:.1f} s")
         return self.state
+
+    def _enlarge_link_buffers(self, endpoints: list[tuple[str, int]]) -> None:
+        """Room in the links' host sockets for what a TCG guest cannot drain at once
+        (host.linkbuf); without it the link drops frames the lab file does not ask for, so
+        say so, and every run still records the drops."""
+        assert self.state is not None
+        if not endpoints:
+            return
+        try:
+            granted = linkbuf.set_rcvbuf(endpoints)
+        except linkbuf.LinkBufferError as exc:
+            self.progress(
+                f"lab {self.name}: link buffers left at the host's default ({exc}); the links "
+                "may drop frames under load (each run records its link_drops)"
+            )
+            return
+        self.state.link_rcvbuf = min(granted.values())
+        self.state.save()
 
     def _route(self) -> None:
         """Give each node its static routes and turn forwarding on where routes lead through

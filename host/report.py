@@ -110,8 +110,21 @@ def results_table(data: dict) -> Table:
         f"{' (dirty)' if meta['git_dirty'] else ''}"
         + "".join(f" · {kind.note}" for kind in _types_of(data["results"]) if kind.note)
         + (f" · medians of {meta['rounds']} rounds" if meta.get("rounds", 1) > 1 else "")
+        + _link_note(data)
     )
     return table
+
+
+def _link_note(data: dict) -> str:
+    """A warning when the links lost frames on the host (host.linkbuf): figures the lab file's
+    impairments do not explain. Silent for result files from before links were counted."""
+    dropped = sum(
+        run.get("link_drops") or 0 for rec in data["results"] for run in rec.get("runs", [])
+    )
+    if not dropped:
+        return ""
+    buffers = "" if data["metadata"].get("link_rcvbuf") else ", their buffers at the host default"
+    return f" · [yellow]the links dropped {dropped} frames on the host{buffers}[/yellow]"
 
 
 def per_round(record: dict, key: str) -> dict[int, float]:

@@ -153,3 +153,14 @@ def test_ping_fills_p50_and_p99_from_its_round_trips() -> None:
     assert (row["p50 µs"], row["p99 µs"]) == ("900", "2000")
     assert "client CPU" not in row  # no type of this table fills it
     assert "p50/p99 for ping are avg/max RTT" in str(table.caption)
+
+
+def test_links_that_dropped_frames_on_the_host_are_named_in_the_caption() -> None:
+    quiet = {**_record("s", "stream", {"mbit_per_s": 1.0}), "runs": [{"link_drops": 0}]}
+    lossy = {**_record("t", "stream", {"mbit_per_s": 1.0}), "runs": [{"link_drops": 3}] * 2}
+    assert "dropped" not in str(results_table(_data([quiet])).caption)
+    data = _data([quiet, lossy])
+    data["metadata"]["link_rcvbuf"] = 8 << 20
+    assert "the links dropped 6 frames on the host[" in str(results_table(data).caption)
+    data["metadata"]["link_rcvbuf"] = None
+    assert "their buffers at the host default" in str(results_table(data).caption)

@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from host import linkbuf
+from host.bench import link_sockets
 from host.ssh import traffic_command
 from tests.vm.streams import checked_stream, result
 
@@ -40,6 +42,24 @@ def test_kernel_stream_is_byte_identical_at_both_ends(lab):
         lab.guest("a"), lab.guest("b"), _server_ip(lab), 6001, STREAM_BYTES, seed=42
     )
     assert source["path"] == received["path"] == "kernel"
+
+
+def test_link_sockets_have_room_and_the_runs_count_their_drops(lab):
+    """The link's host sockets got `LINK_RCVBUF` at bring-up (host.linkbuf). The drops the
+    runs record are the host's own count: shrunk to a few frames' room, the same sockets
+    drop part of a stream (which TCP repairs, byte for byte), and the count shows it."""
+    sockets = link_sockets(lab.state, [lab.config.link_between("a", "b").name])
+    assert len(sockets) == 2
+    assert lab.state.link_rcvbuf is not None and lab.state.link_rcvbuf >= linkbuf.LINK_RCVBUF
+    before = linkbuf.drops(sockets)
+    assert set(before) == {f"{addr}:{port}" for addr, port in sockets}
+    try:
+        linkbuf.set_rcvbuf(sockets, size=4096)
+        checked_stream(lab.guest("a"), lab.guest("b"), _server_ip(lab), 6003, STREAM_BYTES, seed=7)
+        after = linkbuf.drops(sockets)
+    finally:
+        linkbuf.set_rcvbuf(sockets)
+    assert sum(after[k] - before[k] for k in before) > 0
 
 
 def test_kernel_request_response(lab):
