@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from guest.stack.tcp import TcpConfig
 from guest.stack.tcp.congestion import CcAction, NewReno, initial_window
+from guest.stack.tcp.cubic import Cubic
 from tests.unit.tcp_helpers import CLIENT_ISN, SERVER_ISN, open_client, seg
 
 MSS = 1000
@@ -60,6 +61,19 @@ def test_partial_and_full_ack() -> None:
     assert cc.on_new_ack(10001, 5000, 12001) == CcAction.NONE
     assert not cc.in_recovery
     assert cc.cwnd == min(5000, 2000 + MSS)
+
+
+def test_a_sack_recovery_ends_at_ssthresh_even_with_a_drained_flight() -> None:
+    """RFC 6582 step 3 option 2, as Linux ends a recovery: the flight PRR kept near ssthresh
+    may have drained past it (a loss of the last ACKs, say), and option 1 would then shrink
+    the window a second time for the same loss."""
+    for cc_class in (NewReno, Cubic):
+        cc = cc_class(MSS, 10, ISS)
+        cc.enter_sack_recovery(10000, 10001)
+        ssthresh = cc.ssthresh
+        assert cc.on_new_ack(10001, 10000, 10001) == CcAction.NONE  # all of it, nothing left
+        assert not cc.in_recovery
+        assert cc.cwnd == ssthresh > MSS  # option 1 would say min(ssthresh, 0 + SMSS + SMSS)
 
 
 def test_dup_acks_below_recover_do_not_restart_recovery() -> None:

@@ -69,10 +69,17 @@ class NewReno:
         mss = self.mss
         if self.in_recovery:
             if ack > self.recover:
-                # RFC 6582 step 3 (full ACK), option 1: cwnd = min(ssthresh, FlightSize + SMSS)
-                # so that a mostly drained pipe does not cause a burst.
-                flight = snd_max - ack
-                self.cwnd = min(self.ssthresh, max(flight, mss) + mss)
+                if self.sack_mode:
+                    # RFC 6582 step 3 (full ACK), option 2: cwnd = ssthresh, as Linux ends
+                    # a recovery (tcp_end_cwnd_reduction). PRR has brought the flight to
+                    # ssthresh already, so there is no burst to fear; option 1 would shrink
+                    # the window again after every loss the flight happened to drain past.
+                    self.cwnd = self.ssthresh
+                else:
+                    # Option 1: cwnd = min(ssthresh, FlightSize + SMSS), so that a pipe that
+                    # NewReno's one-hole-per-RTT recovery drained does not cause a burst.
+                    flight = snd_max - ack
+                    self.cwnd = min(self.ssthresh, max(flight, mss) + mss)
                 self.in_recovery = False
                 self.sack_mode = False
                 self._ca_bytes = 0
