@@ -132,6 +132,43 @@ def route_commands(node: NodeState) -> str:
     return " && ".join(commands) or "true"
 
 
+#: How long a NIC may take to come back after `ethtool -K rx on` resets it (an e1000's
+#: watchdog sees the link up ~2 s later).
+NIC_RESET_TIMEOUT_S = 15
+
+
+def rx_checksum_command(devs: list[str]) -> str:
+    """The shell command that turns receive checksum offload on for `devs` and, for each one
+    it switched, waits until its link has gone down and come back up (a NIC where it is
+    fixed off is left so).
+
+    Linux leaves it off on an e1000, and switching it resets the NIC. A user-level stack with
+    offloads wants it on; switched there and back in every run, the link went down for 2 s at
+    each start (its ARP requests and SYN lost) and end (the next run's). On from bring-up, for
+    every path alike, nothing switches it again (guest.stack.device.setup.KEPT_ON)."""
+    script = f"""
+import subprocess, sys, time
+devs = {devs!r}
+def sysfs(dev, name):
+    with open(f"/sys/class/net/{{dev}}/{{name}}") as f:
+        return int(f.read())
+def rx_on(dev):
+    out = subprocess.run(["ethtool", "-k", dev], capture_output=True, text=True).stdout
+    return "rx-checksumming: on" in out
+changes = {{d: sysfs(d, "carrier_changes") for d in devs if not rx_on(d)}}
+for dev in changes:
+    subprocess.run(["ethtool", "-K", dev, "rx", "on"], capture_output=True)
+reset = {{d: before for d, before in changes.items() if rx_on(d)}}  # fixed off: left as is
+deadline = time.monotonic() + {NIC_RESET_TIMEOUT_S}
+for dev, before in reset.items():
+    while not (sysfs(dev, "carrier_changes") >= before + 2 and sysfs(dev, "carrier") == 1):
+        if time.monotonic() > deadline:
+            sys.exit(f"{{dev}}: no carrier {NIC_RESET_TIMEOUT_S} s after rx checksumming went on")
+        time.sleep(0.05)
+"""
+    return f"python3 - <<'EOF'\n{script.strip()}\nEOF"
+
+
 #: Overrides how long guests may take to reach SSH, in seconds: for a host slower than ours,
 #: and for the tests that prove a guest that never answers is reported as a fault.
 BOOT_TIMEOUT_ENV = "STACKBED_BOOT_TIMEOUT_S"
@@ -338,6 +375,7 @@ class Lab:
             guest.deploy()
 
         self._parallel(ready, self.state.nodes)
+        self._rx_checksums()
         self._route()
         self._impair()
         uname = self._guests[self.state.nodes[0].name].run("uname -r").check()
@@ -363,6 +401,17 @@ class Lab:
             return
         self.state.link_rcvbuf = min(granted.values())
         self.state.save()
+
+    def _rx_checksums(self) -> None:
+        """Receive checksum offload on for every experiment NIC (`rx_checksum_command`):
+        one SSH command per node, all nodes at once."""
+        assert self.state is not None
+
+        def apply(node: NodeState) -> None:
+            devs = [nic["name"] for nic in node.nics]
+            self.guest(node.name).run(rx_checksum_command(devs)).check()
+
+        self._parallel(apply, self.state.nodes)
 
     def _route(self) -> None:
         """Give each node its static routes and turn forwarding on where routes lead through

@@ -11,7 +11,8 @@ So `take_over()`:
 * brings the link up;
 * sets the offloads on purpose with `ethtool -K`: all off for a stack that reads plain
   frames (GRO would hand it frames larger than the MTU, which it cannot take), or TSO, GSO,
-  GRO and checksum offload on together for one that speaks PACKET_VNET_HDR (wire/vnet.py).
+  GRO and checksum offload on together for one that speaks PACKET_VNET_HDR (wire/vnet.py);
+  receive checksumming, once on, stays on (`KEPT_ON`).
 
 The returned `TakeOver` remembers what it changed and `restore()` puts it back: offloads,
 sysctls, IPv4 addresses, the routes through the interface that were not the kernel's own, and
@@ -52,6 +53,13 @@ OFFLOADS_ON: dict[str, bool] = {
 }
 #: Features that must end up off when offloads are off: they hand up frames above the MTU.
 MUST_BE_OFF = ("gro", "lro")
+#: Features left on when the stack does not want them, because they change nothing it sees
+#: and changing them costs. Receive checksumming only marks the frames the NIC verified: a
+#: stack reading plain frames verifies every checksum itself, and a vnet_hdr one may trust a
+#: mark the NIC set. But switching it resets an e1000, whose link is then down for 2 s: the
+#: first frames of a run (an ARP request, a SYN) were lost, and the kernel path after it met
+#: a link going down again on restore.
+KEPT_ON = ("rx",)
 
 
 def _run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -202,7 +210,7 @@ def _set_offloads(record: TakeOver, wanted: dict[str, bool]) -> None:
     before = read_features(record.iface)
     for short, on in wanted.items():
         state = before.get(FEATURES[short])
-        if state is None or state[0] == on:
+        if state is None or state[0] == on or (state[0] and short in KEPT_ON):
             continue
         if state[1]:  # fixed: ethtool cannot change it
             record.unchanged[short] = on
@@ -213,7 +221,7 @@ def _set_offloads(record: TakeOver, wanted: dict[str, bool]) -> None:
     after = read_features(record.iface)
     for short, on in wanted.items():
         state = after.get(FEATURES[short])
-        if state is not None and state[0] != on:
+        if state is not None and state[0] != on and not (state[0] and short in KEPT_ON):
             record.unchanged[short] = on
             record.features.pop(short, None)  # not changed, nothing to restore
     stuck = [s for s in MUST_BE_OFF if not wanted[s] and s in record.unchanged]
