@@ -32,7 +32,7 @@ from host.image import Image, build_image, cached_image
 from host.impairments import LinkImpair, Netem, netem_command
 from host.paths import console_log_dir, labs_dir
 from host.slots import Slot, allocate_slot, link_port, node_loopback, ssh_port
-from host.ssh import Guest, generate_key
+from host.ssh import GUEST_DIR, Guest, generate_key
 from host.virt import connect, destroy_domain
 
 Progress = Callable[[str], None]
@@ -138,35 +138,19 @@ NIC_RESET_TIMEOUT_S = 15
 
 
 def rx_checksum_command(devs: list[str]) -> str:
-    """The shell command that turns receive checksum offload on for `devs` and, for each one
-    it switched, waits until its link has gone down and come back up (a NIC where it is
-    fixed off is left so).
+    """The shell command that turns receive checksum offload on for `devs`, waiting for each
+    one it switched to come back (`guest.tools.nic`).
 
     Linux leaves it off on an e1000, and switching it resets the NIC. A user-level stack with
     offloads wants it on; switched there and back in every run, the link went down for 2 s at
     each start (its ARP requests and SYN lost) and end (the next run's). On from bring-up, for
     every path alike, nothing switches it again (guest.stack.device.setup.KEPT_ON)."""
-    script = f"""
-import subprocess, sys, time
-devs = {devs!r}
-def sysfs(dev, name):
-    with open(f"/sys/class/net/{{dev}}/{{name}}") as f:
-        return int(f.read())
-def rx_on(dev):
-    out = subprocess.run(["ethtool", "-k", dev], capture_output=True, text=True).stdout
-    return "rx-checksumming: on" in out
-changes = {{d: sysfs(d, "carrier_changes") for d in devs if not rx_on(d)}}
-for dev in changes:
-    subprocess.run(["ethtool", "-K", dev, "rx", "on"], capture_output=True)
-reset = {{d: before for d, before in changes.items() if rx_on(d)}}  # fixed off: left as is
-deadline = time.monotonic() + {NIC_RESET_TIMEOUT_S}
-for dev, before in reset.items():
-    while not (sysfs(dev, "carrier_changes") >= before + 2 and sysfs(dev, "carrier") == 1):
-        if time.monotonic() > deadline:
-            sys.exit(f"{{dev}}: no carrier {NIC_RESET_TIMEOUT_S} s after rx checksumming went on")
-        time.sleep(0.05)
-"""
-    return f"python3 - <<'EOF'\n{script.strip()}\nEOF"
+    if not devs:
+        return "true"
+    return (
+        f"cd {GUEST_DIR} && exec python3 -m guest.tools.nic {' '.join(devs)} "
+        f"--timeout {NIC_RESET_TIMEOUT_S}"
+    )
 
 
 #: Overrides how long guests may take to reach SSH, in seconds: for a host slower than ours,

@@ -25,7 +25,7 @@ from guest.stack.device import abi
 from guest.stack.device.base import Device
 from guest.stack.device.packet import PacketDevice
 from guest.stack.device.ring import RingDevice, RingGeometry
-from guest.stack.device.setup import read_features, take_over
+from guest.stack.device.setup import FEATURES, read_features, receive_checksums_on, take_over
 from guest.stack.wire.addr import ipv4
 from guest.stack.wire.ethernet import ETHERTYPE_IPV4, EthernetFrame, EthernetRepr
 from guest.stack.wire.frame import emit_tcp_frame, tcp_payload_offset
@@ -303,6 +303,19 @@ def take_over_roundtrip(iface: str) -> dict[str, Any]:
     return found
 
 
+def receive_checksums(iface: str) -> dict[str, Any]:
+    """`receive_checksums_on` on a veth: on already, nothing to do; off, switched on. A veth
+    does not reset on the switch, so the wait for its link's return runs out."""
+    found: dict[str, Any] = {"already_on": receive_checksums_on([iface], timeout=0.3)}
+    subprocess.run(["ethtool", "-K", iface, "rx", "off"], check=True, capture_output=True)
+    try:
+        receive_checksums_on([iface], timeout=0.3)
+    except RuntimeError as exc:
+        found["error"] = str(exc)
+    found["on_after"] = read_features(iface)[FEATURES["rx"]][0]
+    return found
+
+
 def _pattern(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
@@ -458,6 +471,7 @@ CHECKS: dict[str, Callable[..., dict[str, Any]]] = {
     "tso_send": tso_send,
     "ip_recv": ip_recv,
     "take_over_roundtrip": take_over_roundtrip,
+    "receive_checksums": receive_checksums,
     "half_close_server": half_close_server,
     "half_close_client": half_close_client,
     "icmp_echo": icmp_echo,

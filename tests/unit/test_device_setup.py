@@ -34,3 +34,10 @@ def test_take_over_and_restore(pair: VethPair) -> None:
     assert found["unchanged_False"] == {}
     on = found["taken_True"]["features"]
     assert on == {name: short != "lro" for short, name in FEATURES.items()}, on
+
+
+def test_receive_checksums_go_on_and_the_wait_for_the_reset_is_bounded(pair: VethPair) -> None:
+    found = result(check(pair.ns_a, "receive_checksums", iface=pair.if_a))
+    assert found["already_on"] == []
+    assert found["error"] == f"{pair.if_a}: no carrier 0.3 s after rx checksumming"
+    assert found["on_after"] is True

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -230,3 +231,32 @@ def _set_offloads(record: TakeOver, wanted: dict[str, bool]) -> None:
             f"{record.iface}: cannot turn off {', '.join(stuck)}: frames above the MTU "
             "would reach the stack"
         )
+
+
+def _sysfs_int(iface: str, name: str) -> int:
+    with open(f"/sys/class/net/{iface}/{name}") as f:
+        return int(f.read())
+
+
+def receive_checksums_on(ifaces: Sequence[str], timeout: float) -> list[str]:
+    """Turn receive checksumming on for `ifaces` (a NIC where it is fixed off is left so) and
+    wait until each one switched has had its link down and up again: an e1000 resets on the
+    switch and is back ~2 s later. Returns the interfaces switched; raises RuntimeError if
+    one's carrier is not back within `timeout` seconds. Run once at a lab's bring-up, so that
+    no take-over switches it again (`KEPT_ON`)."""
+    name = FEATURES["rx"]
+    off = [i for i in ifaces if read_features(i).get(name, (True, True)) == (False, False)]
+    changes = {i: _sysfs_int(i, "carrier_changes") for i in off}
+    for iface in off:
+        _run(["ethtool", "-K", iface, "rx", "on"], check=False)
+    switched = [i for i in off if read_features(i).get(name, (False, False))[0]]
+    deadline = time.monotonic() + timeout
+    for iface in switched:
+        while not (
+            _sysfs_int(iface, "carrier_changes") >= changes[iface] + 2
+            and _sysfs_int(iface, "carrier") == 1
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{iface}: no carrier {timeout:g} s after rx checksumming")
+            time.sleep(0.05)
+    return switched
