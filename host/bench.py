@@ -217,8 +217,7 @@ def link_sockets(state: LabState, links: Iterable[str]) -> list[tuple[str, int]]
     for node in state.nodes:
         for nic in node.nics:
             if nic["link"] in wanted and "udp" in nic:
-                addr, _, port = nic["udp"].rpartition(":")
-                out.append((addr, int(port)))
+                out.append(linkbuf.parse_endpoint(nic["udp"]))
     return out
 
 
@@ -282,6 +281,7 @@ def run_experiments(
         transit(config, state, guests, path, target)
         for path, target in zip(paths, targets, strict=True)
     ]
+    sockets = [link_sockets(state, path.links) for path in paths]
     runs: list[list[dict]] = [[] for _ in selected]
     lost: dict[str, str] = {}
     last = first_round + rounds - 1
@@ -318,13 +318,12 @@ def run_experiments(
                                     stack.enter_context(Capture(state, link, out, bounds))
                                 )
                         forwarding = stack.enter_context(forwarded(mode, transits[i]))
-                        sockets = link_sockets(state, path.links)
-                        before = linkbuf.drops(sockets)
+                        before = linkbuf.drops(sockets[i])
                         run = EXPERIMENT_TYPES[exp.type].run(
                             replace(target, peer_ip=forwarding.entry)
                         )
-                        if sockets:
-                            after = linkbuf.drops(sockets)
+                        if sockets[i]:
+                            after = linkbuf.drops(sockets[i])
                             run["link_drops"] = sum(after.get(k, n) - n for k, n in before.items())
                 except (BenchError, GuestError, CaptureError) as err:
                     run = {"error": str(err), "error_kind": EXPERIMENT}

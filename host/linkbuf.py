@@ -42,6 +42,12 @@ def endpoint_text(endpoint: Endpoint) -> str:
     return f"{endpoint[0]}:{endpoint[1]}"
 
 
+def parse_endpoint(text: str) -> Endpoint:
+    """`endpoint_text`'s inverse: "127.1.58.2:10000" -> ("127.1.58.2", 10000)."""
+    addr, _, port = text.rpartition(":")
+    return addr, int(port)
+
+
 def _proc_form(endpoint: Endpoint) -> str:
     """`127.1.58.2:10000` as /proc/net/udp writes it: `023A017F:2710` (the address in host
     byte order, which is little-endian on every machine this runs on)."""

@@ -31,6 +31,11 @@ def test_an_endpoint_is_written_as_the_kernel_writes_it():
     assert linkbuf._proc_form(("127.1.58.2", 10000)) == "023A017F:2710"
 
 
+def test_an_endpoints_text_reads_back():
+    endpoint = ("127.1.58.2", 10000)
+    assert linkbuf.parse_endpoint(linkbuf.endpoint_text(endpoint)) == endpoint
+
+
 def test_drops_are_what_the_kernel_counted_at_a_full_socket():
     """A socket with the smallest buffer, sent more than it can hold without reading: the
     kernel drops the rest, and `drops` reports exactly the shortfall."""
