@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from guest.testing.netns import ns_cmd, unavailable_reason
+from guest.testing.netns import ns_cmd, snmp_counters, unavailable_reason
 from guest.testing.netns_chain import VethChain, offloads_off, veth_chain
 
 SENDER_ADDR, SINK_ADDR = "198.18.77.1", "198.18.77.2"
@@ -72,28 +72,9 @@ KERNEL_COUNTERS = (
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def parse_snmp(text: str) -> dict[str, int]:
-    """`/proc/net/netstat` or `/proc/net/snmp` as {"TcpExt.TCPTimeouts": n, ...}: each group
-    is a line of names followed by a line of values, both prefixed with the group."""
-    counters: dict[str, int] = {}
-    lines = text.splitlines()
-    for names, values in zip(lines[::2], lines[1::2], strict=False):
-        group, _, keys = names.partition(":")
-        group2, _, numbers = values.partition(":")
-        if group != group2:
-            raise ValueError(f"unpaired lines for {group!r} and {group2!r}")
-        for key, number in zip(keys.split(), numbers.split(), strict=True):
-            counters[f"{group}.{key}"] = int(number)
-    return counters
-
-
 def kernel_counters(ns: str) -> dict[str, int]:
-    """The TCP counters of namespace `ns`'s kernel, now."""
-    text = subprocess.run(
-        ns_cmd(ns, ["cat", "/proc/net/snmp", "/proc/net/netstat"]),
-        capture_output=True, text=True, check=True, timeout=10,
-    ).stdout  # fmt: skip
-    counters = parse_snmp(text)
+    """The TCP counters of namespace `ns`'s kernel this row keeps, now."""
+    counters = snmp_counters(ns)
     return {k: counters.get(k, 0) for k in KERNEL_COUNTERS}
 
 

@@ -34,6 +34,31 @@ class VethPair:
     mac_b: str
 
 
+def parse_snmp(text: str) -> dict[str, int]:
+    """`/proc/net/snmp` or `/proc/net/netstat` as {"TcpExt.TCPTimeouts": n, ...}: each group
+    is a line of names followed by a line of values, both prefixed with the group."""
+    counters: dict[str, int] = {}
+    lines = text.splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        group, _, keys = names.partition(":")
+        group2, _, numbers = values.partition(":")
+        if group != group2:
+            raise ValueError(f"unpaired lines for {group!r} and {group2!r}")
+        for key, number in zip(keys.split(), numbers.split(), strict=True):
+            counters[f"{group}.{key}"] = int(number)
+    return counters
+
+
+def snmp_counters(ns: str) -> dict[str, int]:
+    """Namespace `ns`'s kernel counters now (snmp and netstat are per namespace), as
+    `Tcp.RetransSegs`, `TcpExt.TCPTimeouts`, ..."""
+    text = subprocess.run(
+        ns_cmd(ns, ["cat", "/proc/net/snmp", "/proc/net/netstat"]),
+        capture_output=True, text=True, check=True, timeout=10,
+    ).stdout  # fmt: skip
+    return parse_snmp(text)
+
+
 def unavailable_reason() -> str | None:
     """Why namespaces cannot be made here, or None if they can."""
     if os.geteuid() != 0:

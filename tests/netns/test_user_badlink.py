@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from guest.testing.netns import leftovers, unavailable_reason
+from guest.testing.netns import leftovers, snmp_counters, unavailable_reason
 from guest.testing.netns_chain import VethChain, offloads_off, veth_chain
 from tests.netns.fixtures import Processes, final_record, netns_chain, wait_event
 
@@ -61,23 +61,6 @@ def _stop(proc: subprocess.Popen[str]) -> dict[str, Any]:
     """SIGTERM, then the final JSON line (`{"event": "stopped", ...}`)."""
     proc.terminate()
     return final_record(proc, timeout=15)
-
-
-def _linux_counters(ns: str) -> dict[str, int]:
-    """The namespace's SNMP counters (/proc/net/snmp and netstat), as `Tcp.RetransSegs` etc."""
-    out: dict[str, int] = {}
-    for table in ("snmp", "netstat"):
-        text = subprocess.run(
-            ["ip", "netns", "exec", ns, "cat", f"/proc/net/{table}"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.splitlines()
-        for names, values in zip(text[::2], text[1::2], strict=True):
-            proto, _, keys = names.partition(": ")
-            for key, value in zip(keys.split(), values.split()[1:], strict=True):
-                out[f"{proto}.{key}"] = int(value)
-    return out
 
 
 def _assert_intact(sent: dict[str, Any], got: dict[str, Any], src: str, dst: str) -> None:
@@ -177,7 +160,7 @@ def test_both_directions_through_a_bad_link(chain: VethChain, tmp_path: Path, pa
         # The stack first, so that the relay has seen every frame the stack sent.
         ours = _stop(stack)["stats"]["stack"]
         link = _stop(relay)["stats"]
-        linux = _linux_counters(chain.ns_b)
+        linux = snmp_counters(chain.ns_b)
 
     summary = {
         "seconds": {

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from guest.bench.loss import ABLATION, SENDERS, parse_snmp, summarise
+from guest.bench.loss import ABLATION, SENDERS, summarise
+from guest.testing.netns import parse_snmp
 
 
 def _row(sender: str, loss: float, seconds: float) -> dict:
